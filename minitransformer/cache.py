@@ -1,0 +1,57 @@
+"""The decoder's state between steps: self-attention K/V appended step by step, cross-attention K/V once.
+
+Laid out as ONNX Runtime's `present.N.decoder.key` is, [n_batch, n_head, n_past + n_tgt, d_head] per
+layer, so a cache view can be compared with ONNX Runtime's arrays directly, or fed back to it.
+The cache only stores; it never does math.
+"""
+import numpy as np
+
+from .errors import ModelError
+
+
+class KVCache:
+    """Preallocated, append-only (no ring): slot t holds the keys and values of target position t."""
+
+    def __init__(self, n_layer, n_batch, n_head, max_len, d_head):
+        shape = (n_layer, n_batch, n_head, max_len, d_head)
+        self.key = np.zeros(shape, dtype=np.float32)    # [n_layer, n_batch, n_head, max_len, d_head]
+        self.value = np.zeros(shape, dtype=np.float32)  # [n_layer, n_batch, n_head, max_len, d_head]
+        self.n_past = 0  # positions committed by finished steps
+
+    @property
+    def max_len(self):
+        return self.key.shape[3]
+
+    def append(self, layer, k, v):
+        # k, v [n_batch, n_head, n_tgt, d_head] -> slots [n_past, n_past + n_tgt) of `layer`;
+        # returns that layer's keys and values so far, [n_batch, n_head, n_past + n_tgt, d_head] each
+        end = self.n_past + k.shape[2]
+        if end > self.max_len:
+            raise ModelError(f"KV cache full: {end} positions asked for, it holds {self.max_len}")
+        self.key[layer, :, :, self.n_past:end] = k
+        self.value[layer, :, :, self.n_past:end] = v
+        return self.key[layer, :, :, :end], self.value[layer, :, :, :end]
+
+    def commit(self, n_tgt):
+        """Called once per step, after every layer appended its n_tgt new positions."""
+        self.n_past += n_tgt
+
+    def view(self, layer):  # -> key, value [n_batch, n_head, n_past, d_head]
+        return self.key[layer, :, :, :self.n_past], self.value[layer, :, :, :self.n_past]
+
+    def reorder(self, batch_index):
+        """Beam search: row i continues the hypothesis of row batch_index[i] (only filled slots move)."""
+        filled = slice(0, self.n_past)
+        self.key[:, :, :, filled] = self.key[:, batch_index, :, filled]
+        self.value[:, :, :, filled] = self.value[:, batch_index, :, filled]
+
+
+class CrossKV:
+    """Cross-attention keys and values: computed once from the encoder output, read at every step."""
+
+    def __init__(self, key, value):
+        self.key = key      # [n_layer, n_batch, n_head, n_src, d_head]
+        self.value = value  # [n_layer, n_batch, n_head, n_src, d_head]
+
+    def view(self, layer):
+        return self.key[layer], self.value[layer]

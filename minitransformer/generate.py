@@ -1,0 +1,239 @@
+"""Greedy and beam search over Model.decode_step, with HF generate()'s logits processors and stopping.
+
+No model math here. Settings come from generation_config.json, overridden by keyword arguments, and
+are resolved as HF GenerationMixin does (max_new_tokens + 1 = max_length for an encoder-decoder).
+The beam search follows HF's vectorized `_beam_search` (transformers 4.57) step for step.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelError
+from .ops import log_softmax
+
+SETTINGS = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "num_beams", "decoder_start_token_id",
+            "eos_token_id", "pad_token_id", "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id",
+            "repetition_penalty", "no_repeat_ngram_size", "suppress_tokens", "begin_suppress_tokens",
+            "length_penalty", "early_stopping", "num_return_sequences", "do_sample")
+# generation_config.json keys that do not change greedy or beam search here
+_IGNORED = {"_from_model_config", "transformers_version", "renormalize_logits", "use_cache", "return_dict_in_generate",
+            "output_scores", "output_attentions", "output_hidden_states", "temperature", "top_k", "top_p"}
+_NEG_INF = np.float32(-np.inf)
+
+
+@dataclass
+class Settings:
+    """One generate() call's settings, resolved from generation_config.json and keyword arguments."""
+    max_length: int
+    num_beams: int
+    decoder_start_token_id: int
+    eos_token_ids: list
+    pad_token_id: int
+    min_length: int = 0
+    min_new_tokens: int = 0
+    bad_words_ids: list = field(default_factory=list)
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: list | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    suppress_tokens: list = field(default_factory=list)
+    begin_suppress_tokens: list = field(default_factory=list)
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+
+
+def _as_list(value):
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def resolve_settings(model, kwargs):
+    """generation_config.json, then config.json fallbacks, overridden by kwargs (None means "not given")."""
+    unknown = sorted(set(kwargs) - set(SETTINGS))
+    if unknown:
+        raise ModelError(f"generate: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    merged = {**{k: v for k, v in model.generation_config.items() if k not in _IGNORED}, **given}
+
+    def setting(key, default=None):
+        value = merged.get(key)
+        return model.config.get(key, default) if value is None else value
+
+    if merged.get("do_sample"):
+        raise ModelError("generate: do_sample=True is not supported (greedy and beam search only)")
+    if setting("num_return_sequences", 1) != 1:
+        raise ModelError("generate: num_return_sequences must be 1")
+    max_new_tokens = given.get("max_new_tokens", merged.get("max_new_tokens") if "max_length" not in given else None)
+    max_length = max_new_tokens + 1 if max_new_tokens is not None else setting("max_length", 20)
+    for key, value in (("max_new_tokens", max_new_tokens), ("max_length", max_length)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ModelError(f"generate: {key} must be a positive integer, got {value!r}")
+    if max_length < 2:
+        raise ModelError(f"generate: max_length {max_length} leaves no room for a new token")
+    num_beams = setting("num_beams", 1)
+    if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
+        raise ModelError(f"generate: num_beams must be a positive integer, got {num_beams!r}")
+    pad_token_id = setting("pad_token_id")
+    eos_token_ids = _as_list(setting("eos_token_id"))
+    start = setting("decoder_start_token_id", setting("bos_token_id"))
+    if start is None:
+        raise ModelError("generate: no decoder_start_token_id in generation_config.json or config.json")
+    if pad_token_id is None:
+        pad_token_id = eos_token_ids[0] if eos_token_ids else 0
+    forced_eos = setting("forced_eos_token_id")
+    settings = Settings(
+        max_length=int(max_length), num_beams=int(num_beams), decoder_start_token_id=int(start),
+        eos_token_ids=eos_token_ids, pad_token_id=int(pad_token_id),
+        min_length=setting("min_length", 0) or 0, min_new_tokens=setting("min_new_tokens", 0) or 0,
+        bad_words_ids=[seq for seq in setting("bad_words_ids") or [] if seq not in [[e] for e in eos_token_ids]],
+        forced_bos_token_id=setting("forced_bos_token_id"),
+        forced_eos_token_id=_as_list(forced_eos) if forced_eos is not None else None,
+        repetition_penalty=setting("repetition_penalty", 1.0) or 1.0,
+        no_repeat_ngram_size=setting("no_repeat_ngram_size", 0) or 0,
+        suppress_tokens=_as_list(setting("suppress_tokens")),
+        begin_suppress_tokens=_as_list(setting("begin_suppress_tokens")),
+        length_penalty=setting("length_penalty", 1.0), early_stopping=setting("early_stopping", False))
+    n_vocab = model.spec.n_vocab
+    token_ids = ([settings.decoder_start_token_id, settings.pad_token_id] + settings.eos_token_ids
+                 + [t for seq in settings.bad_words_ids for t in seq] + settings.suppress_tokens
+                 + settings.begin_suppress_tokens + _as_list(settings.forced_bos_token_id))
+    bad = [t for t in token_ids if not isinstance(t, (int, np.integer)) or not 0 <= t < n_vocab]
+    if bad:
+        raise ModelError(f"generate: token id {bad[0]!r} in the generation settings is outside [0, {n_vocab})")
+    return settings
+
+
+def process_logits(sequences, scores, s):
+    # sequences [n_rows, cur_len] (decoder start first), scores [n_rows, n_vocab] -> processed copy
+    """HF's logits processors, in HF's order (GenerationMixin._get_logits_processor)."""
+    scores = scores.copy()
+    cur_len = sequences.shape[1]
+    rows = np.arange(scores.shape[0])[:, None]
+    if s.repetition_penalty != 1.0:
+        seen = scores[rows, sequences]
+        scores[rows, sequences] = np.where(seen < 0, seen * s.repetition_penalty, seen / s.repetition_penalty)
+    if s.no_repeat_ngram_size > 0 and cur_len + 1 >= s.no_repeat_ngram_size:
+        n = s.no_repeat_ngram_size
+        for row, seq in enumerate(sequences.tolist()):
+            prefix = tuple(seq[cur_len - n + 1:])
+            banned = [seq[i + n - 1] for i in range(cur_len - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+            scores[row, banned] = _NEG_INF
+    for bad in s.bad_words_ids:
+        if len(bad) == 1:
+            scores[:, bad[0]] = _NEG_INF
+        elif len(bad) - 1 <= cur_len:
+            matching = (sequences[:, cur_len - len(bad) + 1:] == np.array(bad[:-1])).all(axis=1)
+            scores[matching, bad[-1]] = _NEG_INF
+    if s.eos_token_ids and (cur_len < s.min_length or cur_len - 1 < s.min_new_tokens):
+        scores[:, s.eos_token_ids] = _NEG_INF
+    if s.forced_bos_token_id is not None and cur_len == 1:
+        scores[:] = _NEG_INF
+        scores[:, s.forced_bos_token_id] = 0
+    if s.forced_eos_token_id is not None and cur_len == s.max_length - 1:
+        scores[:] = _NEG_INF
+        scores[:, s.forced_eos_token_id] = 0
+    if s.suppress_tokens:
+        scores[:, s.suppress_tokens] = _NEG_INF
+    begin_index = 1 if s.forced_bos_token_id is None else 2
+    if s.begin_suppress_tokens and cur_len == begin_index:
+        scores[:, s.begin_suppress_tokens] = _NEG_INF
+    return scores
+
+
+def generate(model, input_ids, attention_mask=None, *, max_new_tokens=None, num_beams=None, **kwargs):
+    """-> int64 [n_batch, 1 + n_new]: decoder start first, pad after eos, as HF generate() returns."""
+    settings = resolve_settings(model, {"max_new_tokens": max_new_tokens, "num_beams": num_beams, **kwargs})
+    encoder_hidden = model.encode(input_ids, attention_mask)  # [n_batch, n_src, d_model]
+    attention_mask = np.ones(encoder_hidden.shape[:2], np.int64) if attention_mask is None else np.asarray(
+        attention_mask, dtype=np.int64)
+    if settings.num_beams == 1:
+        return _greedy(model, encoder_hidden, attention_mask, settings)
+    return _beam_search(model, encoder_hidden, attention_mask, settings)
+
+
+def _greedy(model, encoder_hidden, attention_mask, s):
+    n_batch = encoder_hidden.shape[0]
+    state = model.start(encoder_hidden, attention_mask, s.max_length - 1)
+    sequences = np.full((n_batch, 1), s.decoder_start_token_id, dtype=np.int64)  # [n_batch, cur_len]
+    unfinished = np.ones(n_batch, dtype=bool)
+    while sequences.shape[1] < s.max_length and unfinished.any():
+        step_logits = model.decode_step(state, sequences[:, -1:])[:, -1]  # [n_batch, n_vocab]
+        next_tokens = process_logits(sequences, step_logits, s).argmax(axis=-1)
+        next_tokens = np.where(unfinished, next_tokens, s.pad_token_id)
+        sequences = np.concatenate([sequences, next_tokens[:, None]], axis=1)
+        unfinished &= ~np.isin(next_tokens, s.eos_token_ids)
+    return sequences
+
+
+def _gather(array, index):  # array [n_batch, k, ...], index [n_batch, m] -> [n_batch, m, ...]
+    return np.take_along_axis(array, index.reshape(index.shape + (1,) * (array.ndim - 2)), axis=1)
+
+
+def _top_k(scores, k):  # [n_batch, n] -> values, indices [n_batch, k], largest first (ties: lower index first)
+    index = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, index, axis=1), index
+
+
+def _beam_search(model, encoder_hidden, attention_mask, s):
+    """HF's vectorized beam search: running beams, finished beams, early-stop heuristic."""
+    n_batch, n_beams, max_length = encoder_hidden.shape[0], s.num_beams, s.max_length
+    n_vocab = model.spec.n_vocab
+    keep = max(2, 1 + len(s.eos_token_ids)) * n_beams
+    top_beam_mask = np.arange(keep) < n_beams
+    # rows of the model are (batch, beam) pairs, batch major
+    state = model.start(np.repeat(encoder_hidden, n_beams, axis=0), np.repeat(attention_mask, n_beams, axis=0),
+                        max_length - 1)
+    fill = s.pad_token_id if s.pad_token_id else (s.eos_token_ids[0] if s.eos_token_ids else -1)
+    running = np.full((n_batch, n_beams, max_length), fill, dtype=np.int64)
+    running[:, :, 0] = s.decoder_start_token_id
+    finished = running.copy()
+    running_scores = np.zeros((n_batch, n_beams), dtype=np.float32)
+    running_scores[:, 1:] = -1e9
+    finished_scores = np.full((n_batch, n_beams), -1e9, dtype=np.float32)
+    is_finished = np.zeros((n_batch, n_beams), dtype=bool)
+    finished_lengths = np.zeros((n_batch, n_beams), dtype=np.int64)
+    improvable = np.ones((n_batch, 1), dtype=bool)
+    cur_len = 1
+    while True:
+        flat = running[:, :, :cur_len].reshape(n_batch * n_beams, cur_len)
+        step_logits = model.decode_step(state, flat[:, -1:])[:, -1]            # [n_batch * n_beams, n_vocab]
+        log_probs = process_logits(flat, log_softmax(step_logits), s)
+        log_probs = log_probs.reshape(n_batch, n_beams, n_vocab) + running_scores[:, :, None]
+        top_scores, top_index = _top_k(log_probs.reshape(n_batch, n_beams * n_vocab), keep)  # [n_batch, keep]
+        top_beam = top_index // n_vocab
+        top_sequences = _gather(running, top_beam)                              # [n_batch, keep, max_length]
+        top_sequences[:, :, cur_len] = top_index % n_vocab
+        hits_stop = np.isin(top_sequences[:, :, cur_len], s.eos_token_ids) | (cur_len + 1 >= max_length)
+        # the best num_beams continuations that did not stop run on
+        running_candidates = top_scores + hits_stop * np.float32(-1e9)
+        next_running = _top_k(running_candidates, n_beams)[1]
+        running = _gather(top_sequences, next_running)
+        running_scores = _gather(running_candidates, next_running)
+        beam_origin = _gather(top_beam, next_running)                           # [n_batch, n_beams]
+        # stopped continuations among the top num_beams join the finished ones if they score higher
+        just_finished = hits_stop & top_beam_mask[None, :]
+        candidate_scores = top_scores / np.float32((cur_len + 1 - 1) ** s.length_penalty)
+        batch_full = is_finished.all(axis=1, keepdims=True) & (s.early_stopping is True)
+        candidate_scores = (candidate_scores + batch_full * np.float32(-1e9) + (~improvable) * np.float32(-1e9)
+                            + (~just_finished) * np.float32(-1e9))
+        merged_scores = np.concatenate([finished_scores, candidate_scores], axis=1)
+        best = _top_k(merged_scores, n_beams)[1]
+        finished = _gather(np.concatenate([finished, top_sequences], axis=1), best)
+        finished_scores = _gather(merged_scores, best)
+        finished_lengths = _gather(np.concatenate([finished_lengths, np.full((n_batch, keep), cur_len)], axis=1), best)
+        is_finished = _gather(np.concatenate([is_finished, just_finished], axis=1), best)
+        # the cross-attention K/V need no reordering: a source's beams all hold the same rows
+        state.cache.reorder((beam_origin + np.arange(n_batch)[:, None] * n_beams).reshape(-1))
+        cur_len += 1
+        # early-stop heuristic, as HF _check_early_stop_heuristic
+        if s.early_stopping == "never" and s.length_penalty > 0.0:
+            best_length = max_length - 1
+        else:
+            best_length = cur_len - 1
+        best_running = running_scores[:, :1] / np.float32(best_length ** s.length_penalty)
+        worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), np.float32(-1e9))
+        improvable = improvable & (best_running > worst_finished).any(axis=1, keepdims=True)
+        open_beams = not (is_finished.all() and s.early_stopping is True)
+        if not (improvable.any() and open_beams and not hits_stop.all()):
+            break
+    best_sequences = finished[:, 0]                                             # [n_batch, max_length]
+    return best_sequences[:, :1 + int(finished_lengths[:, 0].max())]

@@ -1,0 +1,247 @@
+"""The encoder-decoder transformer: embed, residual blocks, encoder, one decoder step, logits.
+
+One compute path for every family; a family difference appears only in the helpers `embed`,
+`norm`, `residual`, `ffn` and `logits`, driven by the Spec. Shapes use n_batch, n_src, n_tgt (new
+target positions in this call), n_past, n_k = n_past + n_tgt, d_model, n_head, d_head, n_vocab.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import attention, kernels
+from .cache import CrossKV, KVCache
+from .errors import ModelError
+from .extract import read_json
+from .families import spec_from_config, tie_groups
+from .ops import ACTIVATIONS, layer_norm, linear, rms_norm
+from .weights import WEIGHTS_FILE, read_safetensors, resolve_ties, unflatten, validate
+
+
+def norm(x, weight, bias=None, *, spec):  # [..., d_model] -> [..., d_model]
+    if spec.norm_kind == "rms":  # T5
+        return rms_norm(x, weight, spec.norm_eps)
+    return layer_norm(x, weight, bias, spec.norm_eps)
+
+
+def residual(x, sublayer, norm_params, spec):  # [n_batch, n, d_model] -> [n_batch, n, d_model]
+    if spec.norm_position == "pre":  # mBART, M2M100, T5
+        return x + sublayer(norm(x, **norm_params, spec=spec))
+    return norm(x + sublayer(x), **norm_params, spec=spec)  # Marian, BART
+
+
+def embed(ids, positions, stack, spec):  # ids, positions [n_batch, n] -> [n_batch, n, d_model]
+    """Token embedding times embed_scale, plus the position rows, then layernorm_embedding (BART, mBART)."""
+    x = stack["embed_tokens"]["weight"][ids] * np.float32(spec.embed_scale)
+    if spec.positions == "table":  # Marian (sinusoids stored as a table), BART, mBART (learned, offset 2)
+        x = x + stack["embed_positions"]["weight"][positions + spec.position_offset]
+    if spec.layernorm_embedding:
+        x = norm(x, **stack["layernorm_embedding"], spec=spec)
+    return x
+
+
+def ffn(x, layer, spec):  # [n_batch, n, d_model] -> [n_batch, n, d_model]
+    activation = ACTIVATIONS[spec.activation]
+    return linear(activation(linear(x, **layer["fc1"])), **layer["fc2"])
+
+
+def split_heads(x, n_head):  # [n_batch, n, n_head * d_head] -> [n_batch, n_head, n, d_head]
+    n_batch, n, inner = x.shape
+    return x.reshape(n_batch, n, n_head, inner // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):  # [n_batch, n_head, n, d_head] -> [n_batch, n, n_head * d_head]
+    n_batch, n_head, n, d_head = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(n_batch, n, n_head * d_head)
+
+
+def project_kv(x, attn, n_head):  # [n_batch, n, d_model] -> 2 x [n_batch, n_head, n, d_head]
+    return split_heads(linear(x, **attn["k_proj"]), n_head), split_heads(linear(x, **attn["v_proj"]), n_head)
+
+
+def logits(x, model, spec):  # [n_batch, n_tgt, d_model] -> [n_batch, n_tgt, n_vocab]
+    """lm_head, times d_model^-0.5 when T5 ties its head, plus final_logits_bias (Marian, BART, mBART)."""
+    if spec.logits_scale != 1.0:
+        x = x * np.float32(spec.logits_scale)
+    y = linear(x, model["lm_head"]["weight"])
+    return y + model["final_logits_bias"] if spec.final_logits_bias else y
+
+
+def encoder_layer(x, layer, bias, spec, attend):  # [n_batch, n_src, d_model] -> same
+    def self_attention(h):
+        attn = layer["self_attn"]
+        q = split_heads(linear(h, **attn["q_proj"]), spec.n_head_encoder)   # [n_batch, n_head, n_src, d_head]
+        k, v = project_kv(h, attn, spec.n_head_encoder)
+        return linear(merge_heads(attend(q, k, v, bias, spec.scale_for_attention())), **attn["out_proj"])
+
+    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec)
+    return residual(x, lambda h: ffn(h, layer, spec), layer["final_layer_norm"], spec)
+
+
+def decoder_layer(x, i, layer, state, self_bias, spec, attend):  # [n_batch, n_tgt, d_model] -> same
+    n_head, scale = spec.n_head_decoder, spec.scale_for_attention()
+
+    def self_attention(h):
+        attn = layer["self_attn"]
+        q = split_heads(linear(h, **attn["q_proj"]), n_head)                # [n_batch, n_head, n_tgt, d_head]
+        k_all, v_all = state.cache.append(i, *project_kv(h, attn, n_head))  # [n_batch, n_head, n_k, d_head]
+        return linear(merge_heads(attend(q, k_all, v_all, self_bias, scale)), **attn["out_proj"])
+
+    def cross_attention(h):
+        attn = layer["encoder_attn"]
+        q = split_heads(linear(h, **attn["q_proj"]), n_head)                # [n_batch, n_head, n_tgt, d_head]
+        k, v = state.cross.view(i)                                          # [n_batch, n_head, n_src, d_head]
+        return linear(merge_heads(attend(q, k, v, state.cross_bias, scale)), **attn["out_proj"])
+
+    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec)
+    x = residual(x, cross_attention, layer["encoder_attn_layer_norm"], spec)
+    return residual(x, lambda h: ffn(h, layer, spec), layer["final_layer_norm"], spec)
+
+
+@dataclass
+class DecoderState:
+    """What one source batch's decoding carries from step to step."""
+    cache: KVCache
+    cross: CrossKV
+    cross_bias: np.ndarray  # [n_batch, 1, 1, n_src]: the source padding, hidden from every query
+
+
+def check_ids(ids, name, spec):  # -> int64 [n_batch, n]
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ModelError(f"{name}: expected a non-empty [batch, length] array of token ids, got shape {list(ids.shape)}")
+    if ids.dtype.kind not in "iu":
+        raise ModelError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= spec.n_vocab:
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise ModelError(f"{name}: token id {bad} is outside the vocabulary [0, {spec.n_vocab})")
+    return ids.astype(np.int64)
+
+
+def check_mask(attention_mask, input_ids, name="attention_mask"):  # -> int64, same shape as input_ids
+    if attention_mask is None:
+        return np.ones_like(input_ids)
+    mask = np.asarray(attention_mask)
+    if mask.shape != input_ids.shape:
+        raise ModelError(f"{name}: got shape {list(mask.shape)}, expected {list(input_ids.shape)} like input_ids")
+    if not np.isin(mask, (0, 1)).all():
+        raise ModelError(f"{name}: expected only 0 and 1")
+    if not mask.any(axis=1).all():
+        raise ModelError(f"{name}: row {int(np.flatnonzero(~mask.any(axis=1))[0])} masks every source token")
+    return mask.astype(np.int64)
+
+
+class Model:
+    """A loaded encoder-decoder: weights by canonical name, the Spec, and the generation defaults."""
+
+    def __init__(self, spec, tensors, config, generation_config, manifest=None, kernel="numba"):
+        self.spec = spec
+        self.config = config
+        self.generation_config = generation_config
+        self.manifest = manifest
+        self.tensors = tensors
+        params = unflatten(tensors)
+        self.params = {"encoder": params["model"]["encoder"], "decoder": params["model"]["decoder"],
+                       "lm_head": params["lm_head"], "final_logits_bias": params.get("final_logits_bias")}
+        self.attend = {"numba": kernels.attend, "numpy": attention.attend}[kernel]
+
+    def _check_length(self, n, what):
+        if self.spec.positions == "table" and n > self.spec.max_positions:
+            raise ModelError(f"{what}: {n} positions exceed the model's max_position_embeddings "
+                             f"{self.spec.max_positions}")
+
+    def encode(self, input_ids, attention_mask=None, attend=None):
+        # input_ids, attention_mask [n_batch, n_src] -> [n_batch, n_src, d_model]
+        spec, stack = self.spec, self.params["encoder"]
+        input_ids = check_ids(input_ids, "input_ids", spec)
+        attention_mask = check_mask(attention_mask, input_ids)
+        self._check_length(input_ids.shape[1], "input_ids")
+        positions = np.broadcast_to(np.arange(input_ids.shape[1]), input_ids.shape)
+        x = embed(input_ids, positions, stack, spec)
+        bias = attention.padding_bias(attention_mask)  # [n_batch, 1, 1, n_src]
+        for layer in stack["layers"]:
+            x = encoder_layer(x, layer, bias, spec, attend or self.attend)
+        if spec.final_layer_norm:
+            x = norm(x, **stack["layer_norm"], spec=spec)
+        return x
+
+    def start(self, encoder_hidden, attention_mask, max_len):
+        """A fresh decoder state for `max_len` target positions; cross-attention K/V computed once here."""
+        spec = self.spec
+        n_batch = encoder_hidden.shape[0]
+        self._check_length(max_len, "requested target length")
+        mask = check_mask(attention_mask, np.ones(encoder_hidden.shape[:2], dtype=np.int64))
+        cross = [project_kv(encoder_hidden, layer["encoder_attn"], spec.n_head_decoder)
+                 for layer in self.params["decoder"]["layers"]]
+        cross_kv = CrossKV(np.stack([k for k, _ in cross]), np.stack([v for _, v in cross]))
+        cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, max_len, spec.d_head)
+        return DecoderState(cache, cross_kv, attention.padding_bias(mask))
+
+    def decode_step(self, state, decoder_input_ids, attend=None):
+        # decoder_input_ids [n_batch, n_tgt] -> logits [n_batch, n_tgt, n_vocab]; appends n_tgt cache slots
+        spec, stack = self.spec, self.params["decoder"]
+        ids = check_ids(decoder_input_ids, "decoder_input_ids", spec)
+        n_past, n_tgt = state.cache.n_past, ids.shape[1]
+        if n_past + n_tgt > state.cache.max_len:
+            raise ModelError(f"decoder_input_ids: {n_past + n_tgt} target positions asked for, the decoder state "
+                             f"holds {state.cache.max_len}")
+        positions = np.broadcast_to(n_past + np.arange(n_tgt), ids.shape)
+        x = embed(ids, positions, stack, spec)
+        self_bias = attention.causal_bias(n_past, n_tgt)  # [1, 1, n_tgt, n_k]
+        for i, layer in enumerate(stack["layers"]):
+            x = decoder_layer(x, i, layer, state, self_bias, spec, attend or self.attend)
+        state.cache.commit(n_tgt)
+        if spec.final_layer_norm:
+            x = norm(x, **stack["layer_norm"], spec=spec)
+        return logits(x, self.params, spec)
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, output_attentions=False):
+        """Teacher-forced logits [n_batch, n_tgt, n_vocab], all target positions in one call.
+
+        With output_attentions, also returns {"encoder"|"decoder_self"|"decoder_cross": [probs per layer]},
+        each [n_batch, n_head, n_query, n_key], computed by the readable numpy reference.
+        """
+        probs = []
+        attend = _recording_attend(probs) if output_attentions else self.attend
+        encoder_hidden = self.encode(input_ids, attention_mask, attend)
+        decoder_input_ids = check_ids(decoder_input_ids, "decoder_input_ids", self.spec)
+        state = self.start(encoder_hidden, attention_mask, decoder_input_ids.shape[1])
+        result = self.decode_step(state, decoder_input_ids, attend)
+        if not output_attentions:
+            return result
+        n_enc = self.spec.n_layer_encoder  # calls came in order: encoder layers, then (self, cross) per decoder layer
+        return result, {"encoder": probs[:n_enc], "decoder_self": probs[n_enc::2], "decoder_cross": probs[n_enc + 1::2]}
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=None, num_beams=None, **generation_kwargs):
+        """int64 [n_batch, 1 + n_new] as HF generate() lays it out: decoder start first, pad after eos."""
+        from .generate import generate
+        return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        **generation_kwargs)
+
+
+def _recording_attend(probs):
+    """An attend function that also appends each call's attention probabilities to `probs`."""
+    def attend(q, k, v, bias, scale):
+        probs.append(attention.attention_probs(q, k, bias, scale))
+        return probs[-1] @ v
+    return attend
+
+
+def load(path, kernel="numba"):
+    """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`."""
+    if not os.path.isdir(path):
+        raise ModelError(f"{path}: not a directory")
+    weights_path = os.path.join(path, WEIGHTS_FILE)
+    if os.path.exists(weights_path):
+        config = read_json(os.path.join(path, "config.json"))
+        spec = spec_from_config(config)
+        tensors, _ = read_safetensors(weights_path)
+        tensors = validate(resolve_ties(tensors, tie_groups(config)), spec, source=weights_path)
+        generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
+        manifest = read_json(os.path.join(path, "manifest.json"), required=False)
+        return Model(spec, tensors, config, generation_config, manifest, kernel)
+    if os.path.exists(os.path.join(path, "encoder_model.onnx")):
+        from .extract import extract
+        config, generation_config, tensors, manifest = extract(path)
+        return Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel)
+    raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor encoder_model.onnx found (not a model directory)")
