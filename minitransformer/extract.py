@@ -14,15 +14,18 @@ Pure rules over the graph:
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from safetensors.numpy import save_file
 
 from .errors import ModelError
-from .families import ENCODER_ROOT, spec_from_config, tie_groups
-from .weights import expected_shapes, resolve_ties, validate
+from .families import canonical_names, encoder_root, spec_from_config, tie_groups
+from .weights import WEIGHTS_FILE, expected_shapes, resolve_ties, to_canonical, validate
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILES = ("decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
@@ -31,6 +34,7 @@ TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.j
 _MERGED_SUFFIX = re.compile(r"_merged_\d+$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _ALIASING_OPS = ("Identity", "Transpose")
+_GLOBAL_NAMES = {"model.shared.weight", "shared.weight", "lm_head.weight", "final_logits_bias"}
 
 
 @dataclass
@@ -89,6 +93,14 @@ def _all_initializers(graph):
     return found
 
 
+def _to_array(initializer, file_name):
+    try:
+        return numpy_helper.to_array(initializer)
+    except Exception as e:  # a damaged tensor: its bytes do not fit its declared shape or type
+        raise ModelError(f"{file_name}: initializer {initializer.name!r} is damaged ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
+
+
 def _scope(node_name):
     """'/model/decoder/layers.0/fc1/MatMul' -> 'model.decoder.layers.0.fc1'."""
     return node_name.strip("/").rsplit("/", 1)[0].replace("/", ".") if "/" in node_name.strip("/") else ""
@@ -99,8 +111,11 @@ def _is_transpose_2d(node):
     return perm == [1, 0]
 
 
-def graph_weights(model, file_name, is_encoder):
-    """-> (list of Found, names of float initializers no weight rule claimed)."""
+def graph_weights(model, file_name, root=""):
+    """-> (list of Found, names of float initializers no weight rule claimed).
+
+    `root` is the prefix this graph's names leave out (the encoder graph's); global names keep theirs.
+    """
     initializers = _all_initializers(model.graph)
     producers = {out: node for node in _all_nodes(model.graph) if node.op_type in _ALIASING_OPS
                  for out in node.output}
@@ -125,7 +140,7 @@ def graph_weights(model, file_name, is_encoder):
             if init_name is None:
                 continue
             if init_name not in values:
-                values[init_name] = numpy_helper.to_array(initializers[init_name])
+                values[init_name] = _to_array(initializers[init_name], file_name)
             value = values[init_name]
             if value.dtype.kind != "f" or value.ndim == 0:
                 continue  # shape and scalar constants, not weights
@@ -137,8 +152,8 @@ def graph_weights(model, file_name, is_encoder):
                 name, transform = _MERGED_SUFFIX.sub("", seen_name), "transpose" if n_transposes % 2 else "none"
                 if not _PARAM_NAME.match(name) or name.startswith("onnx::"):
                     continue
-            if is_encoder and not name.startswith(("model.", "lm_head", "final_logits_bias")):
-                name = ENCODER_ROOT + name
+            if root and not name.startswith(root) and name not in _GLOBAL_NAMES:
+                name = root + name
             claimed.add(init_name)
             found.append(Found(name, value, file_name, init_name, node.name, transform))
     unclaimed = [name for name, init in initializers.items()
@@ -147,9 +162,9 @@ def graph_weights(model, file_name, is_encoder):
     return found, unclaimed
 
 
-def _check_graph_heads(model, file_name, spec):
+def _check_graph_heads(outputs, file_name, spec):
     """The head count and size live only in the graph's present.* shapes: check them against config.json."""
-    for output in model.graph.output:
+    for output in outputs:
         match = re.fullmatch(r"present\.(\d+)\.(decoder|encoder)\.(key|value)", output.name)
         if not match:
             continue
@@ -181,7 +196,12 @@ def collect(found):
 
 def graph_files(onnx_dir):
     """The graph files present; the encoder and at least one decoder layout are required."""
-    present = [f for f in (ENCODER_FILE,) + DECODER_FILES if os.path.exists(os.path.join(onnx_dir, f))]
+    known = (ENCODER_FILE,) + DECODER_FILES
+    unknown = sorted(f for f in os.listdir(onnx_dir) if f.endswith(".onnx") and f not in known)
+    if unknown:
+        raise ModelError(f"{os.path.join(onnx_dir, unknown[0])}: unexpected graph file (an optimum seq2seq export "
+                         f"has {', '.join(known)})")
+    present = [f for f in known if os.path.exists(os.path.join(onnx_dir, f))]
     if ENCODER_FILE not in present:
         raise ModelError(f"{os.path.join(onnx_dir, ENCODER_FILE)}: file not found")
     if len(present) == 1:
@@ -190,19 +210,20 @@ def graph_files(onnx_dir):
 
 
 def extract(onnx_dir):
-    """An optimum export dir -> (config, generation_config, tensors, manifest), tensors validated."""
+    """An optimum export dir -> (config, generation_config, tensors by common slot name, manifest)."""
     config = read_json(os.path.join(onnx_dir, "config.json"))
     generation_config = read_json(os.path.join(onnx_dir, "generation_config.json"), required=False)
     spec = spec_from_config(config)
-    found, unclaimed = [], {}
+    found, unclaimed, decoder_outputs = [], {}, {}
     for file_name in graph_files(onnx_dir):
         model = load_graph(os.path.join(onnx_dir, file_name))
         if file_name != ENCODER_FILE:
-            _check_graph_heads(model, file_name, spec)
-        places, unclaimed[file_name] = graph_weights(model, file_name, is_encoder=file_name == ENCODER_FILE)
+            decoder_outputs[file_name] = model.graph.output
+        root = encoder_root(spec) if file_name == ENCODER_FILE else ""
+        places, unclaimed[file_name] = graph_weights(model, file_name, root)
         found += places
     by_name = collect(found)
-    expected = expected_shapes(spec)
+    expected = set(canonical_names(spec, expected_shapes(spec)).values())
     groups = tie_groups(config)
     aliases = {name for group in groups for name in group}
     unexpected = sorted(name for name in by_name if name not in expected and name not in aliases)
@@ -211,7 +232,10 @@ def extract(onnx_dir):
         raise ModelError(f"{onnx_dir}: the graphs hold weight(s) that config.json's {spec.model_type} model "
                          f"does not use: {shown}")
     tensors = resolve_ties({name: places[0].value for name, places in by_name.items()}, groups)
-    tensors = validate(tensors, spec, source=onnx_dir)
+    tensors = validate(tensors, spec, source=onnx_dir,
+                       hint=f" (is this an optimum export of the {spec.model_type} model config.json describes?)")
+    for file_name, outputs in decoder_outputs.items():
+        _check_graph_heads(outputs, file_name, spec)
     manifest = {
         "source": os.path.abspath(onnx_dir),
         "tensors": {name: {"shape": list(places[0].value.shape), "dtype": str(places[0].value.dtype),
@@ -222,3 +246,49 @@ def extract(onnx_dir):
         "unclaimed_initializers": {f: names for f, names in unclaimed.items() if names},
     }
     return config, generation_config, tensors, manifest
+
+
+def storage_form(tensors, groups):
+    """One entry per tie group, under its primary name, as HF save_pretrained keeps tied weights."""
+    stored = dict(tensors)
+    for group in groups:
+        value = next((stored[name] for name in group if name in stored), None)
+        if value is None:
+            continue
+        for name in group:
+            stored.pop(name, None)
+        stored[group[0]] = value
+    return stored
+
+
+def write_extracted(onnx_dir, out_dir):
+    """Extract to out_dir: model.safetensors, config.json, generation_config.json, manifest.json and the
+    tokenizer files. Everything is written beside the target first and renamed in at the end."""
+    config, generation_config, tensors, manifest = extract(onnx_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
+    stored = storage_form(to_canonical(tensors, spec_from_config(config)), tie_groups(config))
+    json_files = {"config.json": config, "generation_config.json": generation_config, "manifest.json": manifest}
+    copies = [name for name in TOKENIZER_FILES if os.path.exists(os.path.join(onnx_dir, name))]
+    try:
+        staging = tempfile.mkdtemp(dir=out_dir, prefix=".extract-")
+    except OSError as e:
+        raise ModelError(f"{out_dir}: cannot write there ({e.strerror})") from None
+    try:
+        save_file(stored, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "np", "source": "minitransformer"})
+        for name, value in json_files.items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                json.dump(value, f, indent=2)
+        for name in copies:
+            shutil.copyfile(os.path.join(onnx_dir, name), os.path.join(staging, name))
+        # safetensors creates its file owner-only; give it the mode every other written file has
+        os.chmod(os.path.join(staging, WEIGHTS_FILE), os.stat(os.path.join(staging, "config.json")).st_mode)
+        for name in [WEIGHTS_FILE, *json_files, *copies]:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    except OSError as e:
+        raise ModelError(f"{out_dir}: cannot write ({e.strerror})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

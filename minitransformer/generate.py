@@ -139,24 +139,47 @@ def process_logits(sequences, scores, s):
     return scores
 
 
+class ModelStepper:
+    """Our engine as a search sees it: one decoder state, stepped and reordered."""
+
+    def __init__(self, model, state):
+        self.model, self.state = model, state
+
+    def step(self, input_ids):  # [n_rows, 1] -> logits [n_rows, n_vocab]
+        return self.model.decode_step(self.state, input_ids)[:, -1]
+
+    def reorder(self, row_index):
+        # the cross-attention K/V need no reordering: a source's beams all hold the same rows
+        self.state.cache.reorder(row_index)
+
+
 def generate(model, input_ids, attention_mask=None, *, max_new_tokens=None, num_beams=None, **kwargs):
     """-> int64 [n_batch, 1 + n_new]: decoder start first, pad after eos, as HF generate() returns."""
     settings = resolve_settings(model, {"max_new_tokens": max_new_tokens, "num_beams": num_beams, **kwargs})
     encoder_hidden = model.encode(input_ids, attention_mask)  # [n_batch, n_src, d_model]
     attention_mask = np.ones(encoder_hidden.shape[:2], np.int64) if attention_mask is None else np.asarray(
         attention_mask, dtype=np.int64)
+
+    def start(rows_per_source):  # one decoder row per (source, beam), source major
+        state = model.start(np.repeat(encoder_hidden, rows_per_source, axis=0),
+                            np.repeat(attention_mask, rows_per_source, axis=0), settings.max_length - 1)
+        return ModelStepper(model, state)
+
+    return search(start, encoder_hidden.shape[0], settings)
+
+
+def search(start, n_batch, settings):
+    """Greedy or beam search over any engine: start(rows_per_source) gives a stepper with step/reorder."""
     if settings.num_beams == 1:
-        return _greedy(model, encoder_hidden, attention_mask, settings)
-    return _beam_search(model, encoder_hidden, attention_mask, settings)
+        return _greedy(start(1), n_batch, settings)
+    return _beam_search(start(settings.num_beams), n_batch, settings)
 
 
-def _greedy(model, encoder_hidden, attention_mask, s):
-    n_batch = encoder_hidden.shape[0]
-    state = model.start(encoder_hidden, attention_mask, s.max_length - 1)
+def _greedy(stepper, n_batch, s):
     sequences = np.full((n_batch, 1), s.decoder_start_token_id, dtype=np.int64)  # [n_batch, cur_len]
     unfinished = np.ones(n_batch, dtype=bool)
     while sequences.shape[1] < s.max_length and unfinished.any():
-        step_logits = model.decode_step(state, sequences[:, -1:])[:, -1]  # [n_batch, n_vocab]
+        step_logits = stepper.step(sequences[:, -1:])  # [n_batch, n_vocab]
         next_tokens = process_logits(sequences, step_logits, s).argmax(axis=-1)
         next_tokens = np.where(unfinished, next_tokens, s.pad_token_id)
         sequences = np.concatenate([sequences, next_tokens[:, None]], axis=1)
@@ -173,15 +196,11 @@ def _top_k(scores, k):  # [n_batch, n] -> values, indices [n_batch, k], largest 
     return np.take_along_axis(scores, index, axis=1), index
 
 
-def _beam_search(model, encoder_hidden, attention_mask, s):
+def _beam_search(stepper, n_batch, s):
     """HF's vectorized beam search: running beams, finished beams, early-stop heuristic."""
-    n_batch, n_beams, max_length = encoder_hidden.shape[0], s.num_beams, s.max_length
-    n_vocab = model.spec.n_vocab
+    n_beams, max_length = s.num_beams, s.max_length
     keep = max(2, 1 + len(s.eos_token_ids)) * n_beams
     top_beam_mask = np.arange(keep) < n_beams
-    # rows of the model are (batch, beam) pairs, batch major
-    state = model.start(np.repeat(encoder_hidden, n_beams, axis=0), np.repeat(attention_mask, n_beams, axis=0),
-                        max_length - 1)
     fill = s.pad_token_id if s.pad_token_id else (s.eos_token_ids[0] if s.eos_token_ids else -1)
     running = np.full((n_batch, n_beams, max_length), fill, dtype=np.int64)
     running[:, :, 0] = s.decoder_start_token_id
@@ -195,8 +214,9 @@ def _beam_search(model, encoder_hidden, attention_mask, s):
     cur_len = 1
     while True:
         flat = running[:, :, :cur_len].reshape(n_batch * n_beams, cur_len)
-        step_logits = model.decode_step(state, flat[:, -1:])[:, -1]            # [n_batch * n_beams, n_vocab]
+        step_logits = stepper.step(flat[:, -1:])                                # [n_batch * n_beams, n_vocab]
         log_probs = process_logits(flat, log_softmax(step_logits), s)
+        n_vocab = log_probs.shape[1]
         log_probs = log_probs.reshape(n_batch, n_beams, n_vocab) + running_scores[:, :, None]
         top_scores, top_index = _top_k(log_probs.reshape(n_batch, n_beams * n_vocab), keep)  # [n_batch, keep]
         top_beam = top_index // n_vocab
@@ -221,8 +241,7 @@ def _beam_search(model, encoder_hidden, attention_mask, s):
         finished_scores = _gather(merged_scores, best)
         finished_lengths = _gather(np.concatenate([finished_lengths, np.full((n_batch, keep), cur_len)], axis=1), best)
         is_finished = _gather(np.concatenate([is_finished, just_finished], axis=1), best)
-        # the cross-attention K/V need no reordering: a source's beams all hold the same rows
-        state.cache.reorder((beam_origin + np.arange(n_batch)[:, None] * n_beams).reshape(-1))
+        stepper.reorder((beam_origin + np.arange(n_batch)[:, None] * n_beams).reshape(-1))
         cur_len += 1
         # early-stop heuristic, as HF _check_early_stop_heuristic
         if s.early_stopping == "never" and s.length_penalty > 0.0:

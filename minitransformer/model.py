@@ -14,7 +14,7 @@ from .cache import CrossKV, KVCache
 from .errors import ModelError
 from .extract import read_json
 from .families import spec_from_config, tie_groups
-from .ops import ACTIVATIONS, layer_norm, linear, rms_norm
+from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
 from .weights import WEIGHTS_FILE, read_safetensors, resolve_ties, unflatten, validate
 
 
@@ -30,19 +30,38 @@ def residual(x, sublayer, norm_params, spec):  # [n_batch, n, d_model] -> [n_bat
     return norm(x + sublayer(x), **norm_params, spec=spec)  # Marian, BART
 
 
+def positions_of(ids, n_past, spec):  # [n_batch, n] -> [n_batch, n] absolute positions
+    if spec.positions == "sinusoid_padded":  # M2M100: counted over the non-pad tokens
+        return padded_positions(ids, n_past, spec.pad_token_id)
+    return np.broadcast_to(n_past + np.arange(ids.shape[1]), ids.shape)
+
+
 def embed(ids, positions, stack, spec):  # ids, positions [n_batch, n] -> [n_batch, n, d_model]
-    """Token embedding times embed_scale, plus the position rows, then layernorm_embedding (BART, mBART)."""
+    """Token embedding times embed_scale, plus position vectors, then layernorm_embedding (BART, mBART)."""
     x = stack["embed_tokens"]["weight"][ids] * np.float32(spec.embed_scale)
     if spec.positions == "table":  # Marian (sinusoids stored as a table), BART, mBART (learned, offset 2)
         x = x + stack["embed_positions"]["weight"][positions + spec.position_offset]
+    elif spec.positions == "sinusoid_padded":  # M2M100, NLLB
+        x = x + padded_sinusoids(positions, spec.d_model, spec.pad_token_id)
     if spec.layernorm_embedding:
         x = norm(x, **stack["layernorm_embedding"], spec=spec)
     return x
 
 
+def position_bias(stack, spec, query_positions, n_k, bidirectional):  # -> [1, n_head, n_q, n_k]
+    """T5: a learned bias per head and distance bucket, computed once per stack (layer 0's table)."""
+    if spec.positions != "relative":
+        return np.float32(0.0)
+    relative = np.arange(n_k)[None, :] - query_positions[:, None]  # [n_q, n_k]: key minus query position
+    buckets = relative_buckets(relative, bidirectional, spec.relative_buckets, spec.relative_max_distance)
+    return stack["relative_attention_bias"]["weight"][buckets].transpose(2, 0, 1)[None]
+
+
 def ffn(x, layer, spec):  # [n_batch, n, d_model] -> [n_batch, n, d_model]
-    activation = ACTIVATIONS[spec.activation]
-    return linear(activation(linear(x, **layer["fc1"])), **layer["fc2"])
+    hidden = ACTIVATIONS[spec.activation](linear(x, **layer["fc1"]))   # [n_batch, n, d_ff]
+    if spec.gated_ffn:  # T5 gated-gelu: act(x W_gate) * (x W_up)
+        hidden = hidden * linear(x, **layer["fc1_up"])
+    return linear(hidden, **layer["fc2"])
 
 
 def split_heads(x, n_head):  # [n_batch, n, n_head * d_head] -> [n_batch, n_head, n, d_head]
@@ -156,9 +175,10 @@ class Model:
         input_ids = check_ids(input_ids, "input_ids", spec)
         attention_mask = check_mask(attention_mask, input_ids)
         self._check_length(input_ids.shape[1], "input_ids")
-        positions = np.broadcast_to(np.arange(input_ids.shape[1]), input_ids.shape)
-        x = embed(input_ids, positions, stack, spec)
-        bias = attention.padding_bias(attention_mask)  # [n_batch, 1, 1, n_src]
+        n_src = input_ids.shape[1]
+        x = embed(input_ids, positions_of(input_ids, 0, spec), stack, spec)
+        bias = (attention.padding_bias(attention_mask)                     # [n_batch, 1 or n_head, n_src, n_src]
+                + position_bias(stack, spec, np.arange(n_src), n_src, True))
         for layer in stack["layers"]:
             x = encoder_layer(x, layer, bias, spec, attend or self.attend)
         if spec.final_layer_norm:
@@ -185,9 +205,10 @@ class Model:
         if n_past + n_tgt > state.cache.max_len:
             raise ModelError(f"decoder_input_ids: {n_past + n_tgt} target positions asked for, the decoder state "
                              f"holds {state.cache.max_len}")
-        positions = np.broadcast_to(n_past + np.arange(n_tgt), ids.shape)
-        x = embed(ids, positions, stack, spec)
-        self_bias = attention.causal_bias(n_past, n_tgt)  # [1, 1, n_tgt, n_k]
+        x = embed(ids, positions_of(ids, n_past, spec), stack, spec)
+        query_positions = n_past + np.arange(n_tgt)
+        self_bias = (attention.causal_bias(n_past, n_tgt)                  # [1, 1 or n_head, n_tgt, n_k]
+                     + position_bias(stack, spec, query_positions, n_past + n_tgt, False))
         for i, layer in enumerate(stack["layers"]):
             x = decoder_layer(x, i, layer, state, self_bias, spec, attend or self.attend)
         state.cache.commit(n_tgt)
@@ -235,7 +256,7 @@ def load(path, kernel="numba"):
     if os.path.exists(weights_path):
         config = read_json(os.path.join(path, "config.json"))
         spec = spec_from_config(config)
-        tensors, _ = read_safetensors(weights_path)
+        tensors = read_safetensors(weights_path)
         tensors = validate(resolve_ties(tensors, tie_groups(config)), spec, source=weights_path)
         generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
         manifest = read_json(os.path.join(path, "manifest.json"), required=False)

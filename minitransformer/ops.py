@@ -67,3 +67,44 @@ def sinusoid_table(n_pos, dim):  # -> [n_pos, dim]
     table[:, :sentinel] = np.sin(angles[:, 0::2])
     table[:, sentinel:] = np.cos(angles[:, 1::2])
     return table.astype(np.float32)
+
+
+def padded_positions(ids, n_past, padding_idx):  # [n_batch, n] -> [n_batch, n]
+    """M2M100 positions: padding_idx + 1, + 2, ... over the non-pad tokens; a pad token sits at padding_idx.
+
+    As HF create_position_ids_from_input_ids: (cumsum(mask) + n_past) * mask + padding_idx.
+    """
+    not_pad = (ids != padding_idx).astype(np.int64)
+    return (np.cumsum(not_pad, axis=1) + n_past) * not_pad + padding_idx
+
+
+def padded_sinusoids(positions, dim, padding_idx):  # [n_batch, n] -> [n_batch, n, dim]
+    """M2M100's sinusoids (tensor2tensor layout: all sin, then all cos), row padding_idx zero.
+
+    Computed in float32 step by step as HF M2M100SinusoidalPositionalEmbedding.get_embedding does.
+    """
+    half = dim // 2
+    frequencies = np.exp(np.arange(half, dtype=np.float32) * np.float32(-math.log(10000) / (half - 1)))
+    angles = positions.astype(np.float32)[..., None] * frequencies  # [n_batch, n, half]
+    table = np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+    if dim % 2:
+        table = np.concatenate([table, np.zeros(table.shape[:-1] + (1,), np.float32)], axis=-1)
+    return np.where((positions == padding_idx)[..., None], np.float32(0.0), table)
+
+
+def relative_buckets(relative_position, bidirectional, n_buckets, max_distance):  # int [n_q, n_k] -> same
+    """T5's bucket of each key-minus-query distance, as HF T5Attention._relative_position_bucket."""
+    buckets = np.zeros_like(relative_position)
+    if bidirectional:
+        n_buckets //= 2
+        buckets += (relative_position > 0) * n_buckets
+        distance = np.abs(relative_position)
+    else:
+        distance = -np.minimum(relative_position, 0)
+    max_exact = n_buckets // 2
+    # distances below max_exact take the exact branch; max(., 1) keeps log away from 0 for them
+    log_ratio = np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(max_exact)) / np.float32(
+        math.log(max_distance / max_exact))
+    large = max_exact + (log_ratio * np.float32(n_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(large, n_buckets - 1)
+    return buckets + np.where(distance < max_exact, distance, large)

@@ -114,3 +114,32 @@ class OnnxDecoderLoop:
                              for name, value in self.past.items() if ".encoder." in name})
         self.past = {name.replace("present", "past_key_values"): value for name, value in presents.items()}
         return outputs["logits"], presents
+
+    def reorder(self, row_index):
+        """Beam search: row i continues the hypothesis of row row_index[i]."""
+        self.past = {name: value[row_index] for name, value in self.past.items()}
+
+
+class OnnxStepper:
+    """The ONNX Runtime loop as `generate.search` sees an engine."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def step(self, input_ids):  # [n_rows, 1] -> logits [n_rows, n_vocab]
+        return self.loop.step(input_ids)[0][:, -1]
+
+    def reorder(self, row_index):
+        self.loop.reorder(row_index)
+
+
+def reference_generate(reference, settings, input_ids, attention_mask, layout="split"):
+    """generate() with every number from ONNX Runtime: the same search, the export's own graphs."""
+    from .generate import search
+    encoder_hidden = reference.encode(input_ids, attention_mask)
+
+    def start(rows_per_source):
+        return OnnxStepper(reference.decoder(layout, np.repeat(encoder_hidden, rows_per_source, axis=0),
+                                             np.repeat(attention_mask, rows_per_source, axis=0)))
+
+    return search(start, encoder_hidden.shape[0], settings)

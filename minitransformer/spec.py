@@ -20,12 +20,13 @@ class Spec:
     positions: str                  # "table": a [n_pos, d] table indexed by position + offset (Marian, BART, mBART)
                                     # "sinusoid_padded": M2M100's sinusoids at padding_idx + 1 + cumsum(mask)
                                     # "relative": T5 buckets, a bias on the attention scores
-    position_offset: int            # table rows skipped: 0 Marian, 2 BART/mBART, padding_idx + 1 M2M100
+    position_offset: int            # table rows skipped: 0 Marian, 2 BART/mBART
     embed_scale: float              # sqrt(d_model) if scale_embedding, else 1
     layernorm_embedding: bool       # LayerNorm right after embed + positions: BART, mBART
     final_layer_norm: bool          # a LayerNorm after the last layer of each stack: mBART, M2M100, T5
     activation: str                 # key of ops.ACTIVATIONS
     gated_ffn: bool                 # T5 gated-gelu: act(x W_gate) * (x W_up)
+    linear_bias: bool               # every linear layer has a bias: all but T5
     attention_scale: float | None   # None: 1/sqrt(d_head) (all but T5); T5: 1.0
     logits_scale: float             # T5 with a tied head: d_model ** -0.5; else 1
     final_logits_bias: bool         # Marian, BART, mBART add `final_logits_bias` to the logits

@@ -2,25 +2,29 @@
 
 Every tensor is looked up by name and refused with "got [..], expected [..]" (whisper.cpp's habit).
 """
-import json
-import os
-import tempfile
-
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from .errors import ModelError
+from .families import canonical_names
 
 WEIGHTS_FILE = "model.safetensors"
 
 
+def _linear_shapes(prefix, spec, d_out, d_in):
+    shapes = {f"{prefix}.weight": (d_out, d_in)}
+    if spec.linear_bias:
+        shapes[f"{prefix}.bias"] = (d_out,)
+    return shapes
+
+
 def _attention_shapes(prefix, spec, n_head):
     inner = n_head * spec.d_head
-    shapes = {f"{prefix}.q_proj.weight": (inner, spec.d_model), f"{prefix}.k_proj.weight": (inner, spec.d_model),
-              f"{prefix}.v_proj.weight": (inner, spec.d_model), f"{prefix}.out_proj.weight": (spec.d_model, inner)}
-    shapes.update({f"{prefix}.{p}_proj.bias": (inner,) for p in "qkv"})
-    shapes[f"{prefix}.out_proj.bias"] = (spec.d_model,)
+    shapes = {}
+    for projection in ("q_proj", "k_proj", "v_proj"):
+        shapes.update(_linear_shapes(f"{prefix}.{projection}", spec, inner, spec.d_model))
+    shapes.update(_linear_shapes(f"{prefix}.out_proj", spec, spec.d_model, inner))
     return shapes
 
 
@@ -32,7 +36,7 @@ def _norm_shapes(prefix, spec):
 
 
 def expected_shapes(spec):
-    """Every tensor the compute path reads, by canonical name -> shape."""
+    """Every tensor the compute path reads, by common slot name (BART's names) -> shape."""
     d_model, d_ff, n_vocab = spec.d_model, spec.d_ff, spec.n_vocab
     shapes = {"lm_head.weight": (n_vocab, d_model)}
     if spec.final_logits_bias:
@@ -43,6 +47,8 @@ def expected_shapes(spec):
         shapes[f"{root}.embed_tokens.weight"] = (n_vocab, d_model)
         if spec.positions == "table":
             shapes[f"{root}.embed_positions.weight"] = (spec.max_positions + spec.position_offset, d_model)
+        if spec.positions == "relative":
+            shapes[f"{root}.relative_attention_bias.weight"] = (spec.relative_buckets, n_head)
         if spec.layernorm_embedding:
             shapes.update(_norm_shapes(f"{root}.layernorm_embedding", spec))
         if spec.final_layer_norm:
@@ -53,8 +59,10 @@ def expected_shapes(spec):
             for attn in attentions:
                 shapes.update(_attention_shapes(f"{layer}.{attn}", spec, n_head))
                 shapes.update(_norm_shapes(f"{layer}.{attn}_layer_norm", spec))
-            shapes.update({f"{layer}.fc1.weight": (d_ff, d_model), f"{layer}.fc1.bias": (d_ff,),
-                           f"{layer}.fc2.weight": (d_model, d_ff), f"{layer}.fc2.bias": (d_model,)})
+            shapes.update(_linear_shapes(f"{layer}.fc1", spec, d_ff, d_model))
+            if spec.gated_ffn:
+                shapes.update(_linear_shapes(f"{layer}.fc1_up", spec, d_ff, d_model))
+            shapes.update(_linear_shapes(f"{layer}.fc2", spec, d_model, d_ff))
             shapes.update(_norm_shapes(f"{layer}.final_layer_norm", spec))
     return shapes
 
@@ -76,22 +84,29 @@ def resolve_ties(tensors, groups):
     return tensors
 
 
-def validate(tensors, spec, source):
-    """Check names, shapes and dtypes against the Spec; returns the float32 tensors the model reads."""
-    shapes = expected_shapes(spec)
-    missing = [name for name in shapes if name not in tensors]
+def validate(tensors, spec, source, hint=""):
+    """Check canonical names, shapes and dtypes against the Spec -> float32 tensors by common slot name."""
+    names = canonical_names(spec, expected_shapes(spec))
+    missing = [canonical for canonical in names.values() if canonical not in tensors]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ModelError(f"{source}: missing tensor(s) {shown}")
+        raise ModelError(f"{source}: missing tensor(s) {shown}{hint}")
     checked = {}
-    for name, shape in shapes.items():
+    for common, shape in expected_shapes(spec).items():
+        name = names[common]
         tensor = tensors[name]
         if tuple(tensor.shape) != shape:
             raise ModelError(f"{source}: tensor {name}: got {list(tensor.shape)}, expected {list(shape)}")
         if tensor.dtype not in (np.float32, np.float16):
             raise ModelError(f"{source}: tensor {name}: got dtype {tensor.dtype}, expected float32")
-        checked[name] = np.ascontiguousarray(tensor, dtype=np.float32)
+        checked[common] = np.ascontiguousarray(tensor, dtype=np.float32)
     return checked
+
+
+def to_canonical(tensors, spec):
+    """Common slot names -> the family's canonical HF names."""
+    names = canonical_names(spec, tensors)
+    return {names[common]: tensor for common, tensor in tensors.items()}
 
 
 def unflatten(tensors):
@@ -116,35 +131,8 @@ def _lists_from_digit_keys(node):
 
 
 def read_safetensors(path):
-    """-> (tensors, metadata); a missing or corrupt file is a ModelError naming it."""
+    """-> {name: array}; a missing or corrupt file is a ModelError naming it."""
     try:
-        tensors = load_file(path)
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            metadata = json.loads(f.read(header_len)).get("__metadata__", {}) or {}
+        return load_file(path)
     except (OSError, SafetensorError, ValueError) as e:
         raise ModelError(f"{path}: cannot read safetensors ({e})") from None
-    return tensors, metadata
-
-
-def write_atomically(path, write):
-    """Call write(tmp_path) beside `path`, then rename: a failure leaves nothing half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-        os.close(fd)
-    except OSError as e:
-        raise ModelError(f"{directory}: cannot write there ({e.strerror})") from None
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except OSError as e:
-        raise ModelError(f"{path}: cannot write ({e.strerror})") from None
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def write_safetensors(path, tensors, metadata):
-    tensors = {name: np.ascontiguousarray(t) for name, t in tensors.items()}
-    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

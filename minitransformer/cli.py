@@ -1,0 +1,152 @@
+"""minitransformer extract | generate | verify | translate.
+
+Exit status: 0 done (verify: all within tolerance), 1 verify found a mismatch, 2 bad input (one line on
+stderr naming the file, tensor or argument).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .errors import ModelError
+
+
+def _ids(text, flag="--input-ids"):
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise ModelError(f"{flag} {text!r}: expected whitespace-separated integer token ids") from None
+    if not ids:
+        raise ModelError(f"{flag}: empty token id list")
+    return ids
+
+
+def padded_batch(rows, pad_token_id):  # list of id lists -> input_ids, attention_mask [n_batch, max_len], right-padded
+    if not rows:
+        raise ModelError("empty batch: give at least one input")
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = row
+        attention_mask[i, :len(row)] = 1
+    return input_ids, attention_mask
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _tolerance(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def cmd_extract(args):
+    from .extract import write_extracted
+    manifest = write_extracted(args.onnx_dir, args.out_dir)
+    print(f"extracted {len(manifest['tensors'])} tensors from {args.onnx_dir} to {args.out_dir} "
+          f"({len(manifest['tied'])} tied names)")
+    return 0
+
+
+def cmd_generate(args):
+    from .model import load
+    model = load(args.model_dir)
+    input_ids, attention_mask = padded_batch([_ids(t) for t in args.input_ids], model.spec.pad_token_id)
+    output = model.generate(input_ids, attention_mask, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    if args.json:
+        print(json.dumps({"input_ids": input_ids.tolist(), "output_ids": output.tolist()}))
+    else:
+        for row in output:
+            print(" ".join(str(t) for t in row))
+    return 0
+
+
+def cmd_verify(args):
+    from .model import load
+    from .reference import LAYOUTS
+    from .verify import compare, default_sources, summary
+    model = load(args.model_dir)
+    onnx_dir = args.onnx or args.model_dir
+    if args.input_ids:
+        input_ids, attention_mask = padded_batch([_ids(t) for t in args.input_ids], model.spec.pad_token_id)
+    else:
+        input_ids, attention_mask = default_sources(model.spec)
+    layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+    encoder_delta, reports = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts)
+    result = summary(encoder_delta, reports, args.logits_tolerance, args.present_tolerance)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"encoder output: max |Δ| {encoder_delta:.3g}")
+        print(f"{'layout':8} {'step':>4} {'max|Δlogits|':>13} {'max|Δpresent|':>14}  tokens  worst present")
+        for r in reports:
+            flag = "" if r.within(args.logits_tolerance, args.present_tolerance) else "  <-- out of tolerance"
+            print(f"{r.layout:8} {r.step:4d} {r.max_abs_logits:13.3g} {r.max_abs_present:14.3g}  "
+                  f"{'same' if r.tokens_agree else 'DIFF':6}  {r.worst_present}{flag}")
+        verdict = "OK" if result["ok"] else "MISMATCH"
+        print(f"{verdict}: worst |Δlogits| {result['max_abs_logits']:.3g} (tolerance {args.logits_tolerance:g}), "
+              f"worst |Δpresent| {result['max_abs_present']:.3g} (tolerance {args.present_tolerance:g}), "
+              f"tokens {'identical' if result['tokens_agree'] else 'differ'}")
+    return 0 if result["ok"] else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minitransformer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    extract = commands.add_parser("extract", help="ONNX export dir -> model.safetensors with canonical HF names")
+    extract.add_argument("onnx_dir")
+    extract.add_argument("out_dir")
+    extract.set_defaults(run=cmd_extract)
+
+    generate = commands.add_parser("generate", help="token ids in, generated token ids out")
+    generate.add_argument("model_dir", help="an optimum ONNX export dir or an extracted dir")
+    generate.add_argument("--input-ids", action="append", required=True, metavar="IDS",
+                          help='one source as token ids, e.g. "5 17 0"; repeat for a batch')
+    generate.add_argument("--max-new-tokens", type=_positive)
+    generate.add_argument("--num-beams", type=_positive)
+    generate.add_argument("--json", action="store_true")
+    generate.set_defaults(run=cmd_generate)
+
+    verify = commands.add_parser("verify", help="step-by-step comparison with ONNX Runtime; exit 1 on mismatch")
+    verify.add_argument("model_dir", help="an optimum ONNX export dir or an extracted dir")
+    verify.add_argument("--onnx", metavar="ONNX_DIR", help="the export to compare with (default: MODEL_DIR)")
+    verify.add_argument("--steps", type=_positive, default=32)
+    verify.add_argument("--layout", choices=["split", "merged", "both"], default="both",
+                        help="decoder graphs: decoder_model + decoder_with_past, or decoder_model_merged")
+    verify.add_argument("--input-ids", action="append", metavar="IDS", help="sources (default: a seeded batch of 3)")
+    verify.add_argument("--logits-tolerance", type=_tolerance, default=1e-4)
+    verify.add_argument("--present-tolerance", type=_tolerance, default=1e-5)
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=cmd_verify)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ModelError as e:
+        print(f"minitransformer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The numba kernel agrees with the readable numpy attention, and the ops match their definitions."""
+import math
+
+import numpy as np
+import pytest
+
+from minitransformer import attention, kernels
+from minitransformer.ops import gelu, gelu_tanh, layer_norm, rms_norm, silu, sinusoid_table, softmax
+
+
+def _random_qkv(rng, n_batch, n_head, n_tgt, n_k, d_head):
+    q = rng.standard_normal((n_batch, n_head, n_tgt, d_head), dtype=np.float32)
+    k = rng.standard_normal((n_batch, n_head, n_k, d_head), dtype=np.float32)
+    v = rng.standard_normal((n_batch, n_head, n_k, d_head), dtype=np.float32)
+    return q, k, v
+
+
+@pytest.mark.parametrize("n_batch,n_head,n_tgt,n_past,d_head", [(1, 1, 1, 0, 4), (3, 5, 1, 17, 12), (2, 4, 9, 0, 16),
+                                                                 (2, 3, 4, 6, 20)])
+def test_kernel_matches_reference_with_causal_and_padding_masks(n_batch, n_head, n_tgt, n_past, d_head):
+    rng = np.random.default_rng(n_batch * 100 + n_tgt)
+    n_k = n_past + n_tgt
+    q, k, v = _random_qkv(rng, n_batch, n_head, n_tgt, n_k, d_head)
+    mask = np.ones((n_batch, n_k), dtype=np.int64)
+    mask[0, : n_k // 3] = 0  # hide some keys of row 0 (never all of them: the query's own slot stays)
+    bias = np.minimum(attention.causal_bias(n_past, n_tgt), attention.padding_bias(mask))
+    scale = d_head ** -0.5
+    expected = attention.attend(q, k, v, bias, scale)
+    got = kernels.attend(q, k, v, bias, scale)
+    assert got.shape == expected.shape == (n_batch, n_head, n_tgt, d_head)
+    np.testing.assert_allclose(got, expected, atol=2e-6, rtol=0)
+
+
+def test_kernel_reads_strided_cache_views_and_per_head_bias():
+    rng = np.random.default_rng(7)
+    cache_k = rng.standard_normal((2, 3, 4, 32, 8), dtype=np.float32)  # [n_layer, n_batch, n_head, max_len, d_head]
+    cache_v = rng.standard_normal((2, 3, 4, 32, 8), dtype=np.float32)
+    q = rng.standard_normal((3, 4, 1, 8), dtype=np.float32)
+    k, v = cache_k[1, :, :, :11], cache_v[1, :, :, :11]               # non-contiguous views, as the model passes
+    position_bias = rng.standard_normal((1, 4, 1, 11), dtype=np.float32)  # a T5-style bias that differs by head
+    np.testing.assert_allclose(kernels.attend(q, k, v, position_bias, 1.0),
+                               attention.attend(q, k, v, position_bias, 1.0), atol=2e-6, rtol=0)
+
+
+def test_masked_keys_get_exactly_zero_weight():
+    rng = np.random.default_rng(1)
+    q, k, v = _random_qkv(rng, 1, 2, 3, 3, 4)
+    probs = attention.attention_probs(q, k, attention.causal_bias(0, 3), 0.5)
+    assert probs[0, :, 0, 1:].max() == 0.0 and probs[0, :, 1, 2].max() == 0.0
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    # the kernel gives masked values no weight either: changing them changes nothing
+    v2 = v.copy()
+    v2[:, :, 2] = 1e6
+    np.testing.assert_array_equal(kernels.attend(q, k, v, attention.causal_bias(0, 3), 0.5)[:, :, :2],
+                                  kernels.attend(q, k, v2, attention.causal_bias(0, 3), 0.5)[:, :, :2])
+
+
+def test_activations_and_norms_match_their_formulas():
+    x = np.linspace(-30, 30, 601, dtype=np.float32)
+    exact_gelu = np.array([0.5 * t * (1 + math.erf(t / math.sqrt(2))) for t in x.astype(np.float64)])
+    np.testing.assert_allclose(gelu(x), exact_gelu, atol=1e-5, rtol=1e-6)
+    tanh_gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    np.testing.assert_allclose(gelu_tanh(x), tanh_gelu, atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(silu(x), x / (1 + np.exp(-x.astype(np.float64))), atol=1e-5, rtol=1e-6)
+    rng = np.random.default_rng(3)
+    h = rng.standard_normal((2, 5, 12)).astype(np.float32)
+    w, b = rng.standard_normal(12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    h64 = h.astype(np.float64)
+    expected = (h64 - h64.mean(-1, keepdims=True)) / np.sqrt(h64.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(layer_norm(h, w, b, 1e-5), expected, atol=1e-5)
+    np.testing.assert_allclose(rms_norm(h, w, 1e-6), h64 / np.sqrt((h64 ** 2).mean(-1, keepdims=True) + 1e-6) * w,
+                               atol=1e-5)
+    np.testing.assert_allclose(softmax(np.array([[1e4, 0.0]], np.float32)), [[1.0, 0.0]])
+
+
+def test_sinusoid_table_halves_sin_then_cos():
+    table = sinusoid_table(5, 6)
+    assert table.dtype == np.float32 and table.shape == (5, 6)
+    np.testing.assert_allclose(table[3, :3], np.sin([3 / 10000 ** (0 / 6), 3 / 10000 ** (2 / 6), 3 / 10000 ** (4 / 6)]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(table[3, 3:], np.cos([3 / 10000 ** (0 / 6), 3 / 10000 ** (2 / 6), 3 / 10000 ** (4 / 6)]),
+                               rtol=1e-6)

@@ -1,0 +1,95 @@
+"""Step by step against ONNX Runtime, and against PyTorch's recorded outputs (the two oracles)."""
+import numpy as np
+import pytest
+
+from minitransformer.cache import KVCache
+from minitransformer.generate import resolve_settings
+from minitransformer.reference import OnnxReference, reference_generate
+from minitransformer.verify import LOGITS_TOLERANCE, PRESENT_TOLERANCE, compare
+
+from conftest import MODEL_FIXTURES, record_worst
+
+N_STEPS = 40
+
+
+@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_every_step_matches_onnxruntime_logits_and_present(load_fixture, name, layout):
+    model, path, torch_out = load_fixture(name)
+    input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
+    assert input_ids.shape[0] >= 3 and len(set(attention_mask.sum(1).tolist())) == input_ids.shape[0]
+    encoder_delta, reports = compare(model, str(path), input_ids, attention_mask, N_STEPS, (layout,))
+    assert len(reports) == N_STEPS
+    record_worst(name, "encoder output vs ORT", encoder_delta)
+    assert encoder_delta <= LOGITS_TOLERANCE
+    for r in reports:
+        record_worst(name, f"logits vs ORT ({layout})", r.max_abs_logits)
+        record_worst(name, f"present vs ORT ({layout})", r.max_abs_present)
+        assert r.max_abs_logits <= LOGITS_TOLERANCE, r
+        assert r.max_abs_present <= PRESENT_TOLERANCE, r
+        assert r.tokens_agree, r
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_teacher_forced_logits_match_pytorch(load_fixture, name):
+    model, _, torch_out = load_fixture(name)
+    logits = model.forward(torch_out["input_ids"], torch_out["attention_mask"], torch_out["decoder_input_ids"])
+    assert logits.shape == torch_out["logits"].shape
+    delta = np.abs(logits - torch_out["logits"]).max()
+    record_worst(name, "teacher-forced logits vs PyTorch", delta)
+    assert delta <= LOGITS_TOLERANCE
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_numba_kernel_and_numpy_reference_give_the_same_model(load_fixture, name):
+    model, _, torch_out = load_fixture(name)
+    inputs = torch_out["input_ids"], torch_out["attention_mask"], torch_out["decoder_input_ids"]
+    with_numba = model.forward(*inputs)
+    with_numpy, maps = model.forward(*inputs, output_attentions=True)
+    np.testing.assert_allclose(with_numba, with_numpy, atol=1e-5, rtol=0)
+    assert len(maps["encoder"]) == model.spec.n_layer_encoder
+    assert len(maps["decoder_self"]) == len(maps["decoder_cross"]) == model.spec.n_layer_decoder
+    cross = maps["decoder_cross"][0]  # [n_batch, n_head, n_tgt, n_src]: padded source positions get no weight
+    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
+    for row, mask in enumerate(torch_out["attention_mask"]):
+        assert (cross[row][..., mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_greedy_ids_match_onnxruntime_loop_and_pytorch_generate(load_fixture, name):
+    model, path, torch_out = load_fixture(name)
+    input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
+    max_new = torch_out["decoder_input_ids"].shape[1]
+    ours = model.generate(input_ids, attention_mask, max_new_tokens=max_new, num_beams=1)
+    np.testing.assert_array_equal(ours, torch_out["greedy_ids"])
+    settings = resolve_settings(model, {"max_new_tokens": max_new, "num_beams": 1})
+    for layout in ("split", "merged"):
+        np.testing.assert_array_equal(reference_generate(OnnxReference(str(path)), settings, input_ids, attention_mask,
+                                                         layout), ours)
+    longest = (ours != model.generation_config["pad_token_id"]).sum(1).max()
+    assert longest >= 32  # at least one row decodes 32 steps or more
+    for row in ours:  # the fixture is not degenerate: at least half its tokens are distinct
+        tokens = row[1:][row[1:] != model.generation_config["pad_token_id"]]
+        assert len(set(tokens.tolist())) >= len(tokens) / 2
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_beam_search_ids_match_pytorch_generate(load_fixture, name):
+    model, path, torch_out = load_fixture(name)
+    input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
+    max_new = torch_out["decoder_input_ids"].shape[1]
+    ours = model.generate(input_ids, attention_mask, max_new_tokens=max_new, num_beams=4)
+    np.testing.assert_array_equal(ours, torch_out["beam_ids"])
+    settings = resolve_settings(model, {"max_new_tokens": max_new, "num_beams": 4})
+    np.testing.assert_array_equal(reference_generate(OnnxReference(str(path)), settings, input_ids, attention_mask),
+                                  ours)
+
+
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_skipping_the_cache_update_gives_different_ids(load_fixture, name, monkeypatch):
+    """The old engine's bug: nothing carried between steps. The parity tests must be able to fail."""
+    model, _, torch_out = load_fixture(name)
+    max_new = torch_out["decoder_input_ids"].shape[1]
+    monkeypatch.setattr(KVCache, "append", lambda self, layer, k, v: (k, v))  # attend to the new token only
+    broken = model.generate(torch_out["input_ids"], torch_out["attention_mask"], max_new_tokens=max_new, num_beams=1)
+    assert broken.shape != torch_out["greedy_ids"].shape or (broken != torch_out["greedy_ids"]).any()
