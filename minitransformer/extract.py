@@ -226,14 +226,14 @@ def extract(onnx_dir):
     expected = set(canonical_names(spec, expected_shapes(spec)).values())
     groups = tie_groups(config)
     aliases = {name for group in groups for name in group}
+    resolved = resolve_ties({name: places[0].value for name, places in by_name.items()}, groups)
+    tensors = validate(resolved, spec, source=onnx_dir,
+                       hint=f" (is this an optimum export of the {spec.model_type} model config.json describes?)")
     unexpected = sorted(name for name in by_name if name not in expected and name not in aliases)
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         raise ModelError(f"{onnx_dir}: the graphs hold weight(s) that config.json's {spec.model_type} model "
                          f"does not use: {shown}")
-    tensors = resolve_ties({name: places[0].value for name, places in by_name.items()}, groups)
-    tensors = validate(tensors, spec, source=onnx_dir,
-                       hint=f" (is this an optimum export of the {spec.model_type} model config.json describes?)")
     for file_name, outputs in decoder_outputs.items():
         _check_graph_heads(outputs, file_name, spec)
     manifest = {
@@ -242,7 +242,7 @@ def extract(onnx_dir):
                            "sources": [{"file": p.file, "initializer": p.initializer, "node": p.node,
                                         "transform": p.transform} for p in places]}
                     for name, places in sorted(by_name.items())},
-        "tied": {name: group[0] for group in groups for name in group[1:] if name in tensors},
+        "tied": {name: group[0] for group in groups for name in group[1:] if name in resolved},
         "unclaimed_initializers": {f: names for f, names in unclaimed.items() if names},
     }
     return config, generation_config, tensors, manifest

@@ -261,8 +261,8 @@ def load(path, kernel="numba"):
         generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
         manifest = read_json(os.path.join(path, "manifest.json"), required=False)
         return Model(spec, tensors, config, generation_config, manifest, kernel)
-    if os.path.exists(os.path.join(path, "encoder_model.onnx")):
+    if any(name.endswith(".onnx") for name in os.listdir(path)):
         from .extract import extract
         config, generation_config, tensors, manifest = extract(path)
         return Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel)
-    raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor encoder_model.onnx found (not a model directory)")
+    raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor an ONNX export found (not a model directory)")

@@ -69,7 +69,7 @@ def test_extra_graph_file(fixture_copy, capsys):
 
 
 def test_not_a_model_directory(tmp_path, capsys):
-    assert_refused(capsys, r"neither model\.safetensors nor encoder_model\.onnx", *generate_args(tmp_path, "5 0"))
+    assert_refused(capsys, r"neither model\.safetensors nor an ONNX export", *generate_args(tmp_path, "5 0"))
     assert_refused(capsys, r"not a directory", *generate_args(tmp_path / "absent", "5 0"))
 
 
@@ -99,7 +99,7 @@ def test_graph_from_another_exporter(fixture_copy, capsys):
         for i, node in enumerate(model.graph.node):
             node.name = f"node_{i}"
         onnx.save(model, str(path))
-    assert_refused(capsys, r"missing tensor\(s\) .*q_proj\.weight.* is this an optimum export",
+    assert_refused(capsys, r"missing tensor\(s\) .*q_proj\.weight.*is this an optimum export",
                    *generate_args(target, "5 0"))
 
 

@@ -46,7 +46,10 @@ def test_numba_kernel_and_numpy_reference_give_the_same_model(load_fixture, name
     inputs = torch_out["input_ids"], torch_out["attention_mask"], torch_out["decoder_input_ids"]
     with_numba = model.forward(*inputs)
     with_numpy, maps = model.forward(*inputs, output_attentions=True)
-    np.testing.assert_allclose(with_numba, with_numpy, atol=1e-5, rtol=0)
+    # the two differ only in float32 summation order; held to the tolerance both oracles are held to
+    delta = np.abs(with_numba - with_numpy).max()
+    record_worst(name, "logits numba kernel vs numpy", delta)
+    assert delta <= LOGITS_TOLERANCE
     assert len(maps["encoder"]) == model.spec.n_layer_encoder
     assert len(maps["decoder_self"]) == len(maps["decoder_cross"]) == model.spec.n_layer_decoder
     cross = maps["decoder_cross"][0]  # [n_batch, n_head, n_tgt, n_src]: padded source positions get no weight
@@ -90,6 +93,10 @@ def test_skipping_the_cache_update_gives_different_ids(load_fixture, name, monke
     """The old engine's bug: nothing carried between steps. The parity tests must be able to fail."""
     model, _, torch_out = load_fixture(name)
     max_new = torch_out["decoder_input_ids"].shape[1]
-    monkeypatch.setattr(KVCache, "append", lambda self, layer, k, v: (k, v))  # attend to the new token only
+    def append_without_update(self, layer, k, v):  # new K/V are used once and never stored: the past stays stale
+        past_k, past_v = self.view(layer)
+        return np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2)
+
+    monkeypatch.setattr(KVCache, "append", append_without_update)
     broken = model.generate(torch_out["input_ids"], torch_out["attention_mask"], max_new_tokens=max_new, num_beams=1)
     assert broken.shape != torch_out["greedy_ids"].shape or (broken != torch_out["greedy_ids"]).any()
