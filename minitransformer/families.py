@@ -26,7 +26,7 @@ def _require(config, key):
 
 
 def _positive_int(config, key, default=None):
-    value = config.get(key) if default is not None and config.get(key) is None else _require(config, key)
+    value = _require(config, key) if default is None else config.get(key, default)
     value = default if value is None else value
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ModelError(f"config.json: {key} must be a positive integer, got {value!r}")
@@ -38,6 +38,27 @@ def _number(config, key, default):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise ModelError(f"config.json: {key} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _flag(config, key, default):
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ModelError(f"config.json: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(config, key, default, choices):
+    value = config.get(key, default)
+    if not isinstance(value, str) or value not in choices:
+        raise ModelError(f"config.json: {key} {value!r} is not supported (supported: {', '.join(sorted(choices))})")
+    return value
+
+
+def _token_id(config, key):
+    value = _require(config, key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ModelError(f"config.json: {key} must be a token id, got {value!r}")
+    return value
 
 
 def _same(config, key_a, key_b):
@@ -63,9 +84,9 @@ def _bart_like(config, **family):
         n_layer_decoder=_positive_int(config, "decoder_layers"), n_head_encoder=n_head, n_head_decoder=n_head,
         d_head=d_model // n_head, max_positions=_positive_int(config, "max_position_embeddings"),
         norm_kind="layer", norm_eps=1e-5,
-        embed_scale=math.sqrt(d_model) if config.get("scale_embedding", False) else 1.0,
-        activation=config.get("activation_function", "gelu"), gated_ffn=False, linear_bias=True,
-        attention_scale=None, logits_scale=1.0, pad_token_id=_require(config, "pad_token_id"), **family)
+        embed_scale=math.sqrt(d_model) if _flag(config, "scale_embedding", False) else 1.0,
+        activation=_choice(config, "activation_function", "gelu", ACTIVATIONS), gated_ffn=False, linear_bias=True,
+        attention_scale=None, logits_scale=1.0, pad_token_id=_token_id(config, "pad_token_id"), **family)
 
 
 def _marian(config):
@@ -92,10 +113,10 @@ def _m2m100(config):
 def _t5(config):
     d_model, n_head = _positive_int(config, "d_model"), _positive_int(config, "num_heads")
     n_layer = _positive_int(config, "num_layers")
-    feed_forward = config.get("feed_forward_proj", "relu")
+    feed_forward = _choice(config, "feed_forward_proj", "relu", {"relu", "gelu", "gated-gelu", "gated-silu"})
     gated = feed_forward.startswith("gated-")
     activation = "gelu_new" if feed_forward == "gated-gelu" else feed_forward.split("-")[-1]
-    tied_head = config.get("tie_word_embeddings", True)
+    tied_head = _flag(config, "tie_word_embeddings", True)
     return Spec(
         model_type="t5", d_model=d_model, d_ff=_positive_int(config, "d_ff"), n_vocab=_positive_int(config, "vocab_size"),
         n_layer_encoder=n_layer, n_layer_decoder=_positive_int(config, "num_decoder_layers", default=n_layer),
@@ -104,7 +125,7 @@ def _t5(config):
         norm_eps=_number(config, "layer_norm_epsilon", 1e-6), positions="relative", position_offset=0,
         embed_scale=1.0, layernorm_embedding=False, final_layer_norm=True, activation=activation, gated_ffn=gated,
         linear_bias=False, attention_scale=1.0, logits_scale=d_model ** -0.5 if tied_head else 1.0,
-        final_logits_bias=False, pad_token_id=_require(config, "pad_token_id"),
+        final_logits_bias=False, pad_token_id=_token_id(config, "pad_token_id"),
         relative_buckets=_positive_int(config, "relative_attention_num_buckets", default=32),
         relative_max_distance=_positive_int(config, "relative_attention_max_distance", default=128))
 
@@ -115,15 +136,14 @@ SPEC_BUILDERS = {"marian": _marian, "bart": _bart, "mbart": _mbart, "m2m_100": _
 def spec_from_config(config):
     """config.json (as a dict) -> Spec; an unknown family is refused by name."""
     model_type = config.get("model_type")
-    if model_type not in SPEC_BUILDERS:
+    if not isinstance(model_type, str) or model_type not in SPEC_BUILDERS:
         raise ModelError(f"config.json: model_type {model_type!r} is not supported "
                          f"(supported: {', '.join(sorted(SPEC_BUILDERS))})")
+    _flag(config, "tie_word_embeddings", True)
+    _flag(config, "share_encoder_decoder_embeddings", True)
     spec = SPEC_BUILDERS[model_type](config)
-    if not isinstance(spec.pad_token_id, int) or not 0 <= spec.pad_token_id < spec.n_vocab:
-        raise ModelError(f"config.json: pad_token_id {spec.pad_token_id!r} is outside the vocabulary [0, {spec.n_vocab})")
-    if spec.activation not in ACTIVATIONS:
-        raise ModelError(f"config.json: activation {spec.activation!r} is not supported "
-                         f"(supported: {', '.join(sorted(ACTIVATIONS))})")
+    if not 0 <= spec.pad_token_id < spec.n_vocab:
+        raise ModelError(f"config.json: pad_token_id {spec.pad_token_id} is outside the vocabulary [0, {spec.n_vocab})")
     return spec
 
 

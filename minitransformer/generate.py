@@ -42,8 +42,36 @@ class Settings:
     early_stopping: bool | str = False
 
 
-def _as_list(value):
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _ids_list(value, key, nested=False):
+    """An int or a list of ints (a list of non-empty lists of ints if nested) -> list; else ModelError."""
+    if value is None:
+        return []
+    if not nested and _is_int(value):
+        return [int(value)]
+    items = value if isinstance(value, (list, tuple)) else None
+    ok = items is not None and all(
+        (isinstance(item, (list, tuple)) and item and all(_is_int(t) for t in item)) if nested else _is_int(item)
+        for item in items)
+    if not ok:
+        shape = "a list of non-empty lists of token ids" if nested else "a token id or a list of token ids"
+        raise ModelError(f"generate: {key} must be {shape}, got {value!r}")
+    return [list(map(int, item)) for item in items] if nested else [int(item) for item in items]
+
+
+def _check(value, key, kind):
+    """One scalar setting checked by kind: 'count' (int >= 0), 'positive' (int >= 1), 'id', 'number'."""
+    if value is None:
+        return None
+    ok = {"count": _is_int(value) and value >= 0, "positive": _is_int(value) and value >= 1, "id": _is_int(value),
+          "number": isinstance(value, (int, float, np.number)) and not isinstance(value, bool)}[kind]
+    if not ok:
+        raise ModelError(f"generate: {key} must be {'a positive integer' if kind == 'positive' else 'a ' + kind}, "
+                         f"got {value!r}")
+    return value
 
 
 def resolve_settings(model, kwargs):
@@ -54,51 +82,51 @@ def resolve_settings(model, kwargs):
     given = {key: value for key, value in kwargs.items() if value is not None}
     merged = {**{k: v for k, v in model.generation_config.items() if k not in _IGNORED}, **given}
 
-    def setting(key, default=None):
+    def setting(key, kind=None, default=None):
         value = merged.get(key)
-        return model.config.get(key, default) if value is None else value
+        value = model.config.get(key, default) if value is None else value
+        return _check(value, key, kind) if kind else value
 
-    if merged.get("do_sample"):
+    if setting("do_sample"):
         raise ModelError("generate: do_sample=True is not supported (greedy and beam search only)")
-    if setting("num_return_sequences", 1) != 1:
+    if setting("num_return_sequences", "positive", 1) != 1:
         raise ModelError("generate: num_return_sequences must be 1")
-    max_new_tokens = given.get("max_new_tokens", merged.get("max_new_tokens") if "max_length" not in given else None)
-    max_length = max_new_tokens + 1 if max_new_tokens is not None else setting("max_length", 20)
-    for key, value in (("max_new_tokens", max_new_tokens), ("max_length", max_length)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-            raise ModelError(f"generate: {key} must be a positive integer, got {value!r}")
+    max_new_tokens = _check(given.get("max_new_tokens", merged.get("max_new_tokens") if "max_length" not in given
+                                      else None), "max_new_tokens", "positive")
+    max_length = max_new_tokens + 1 if max_new_tokens is not None else setting("max_length", "positive", 20)
     if max_length < 2:
         raise ModelError(f"generate: max_length {max_length} leaves no room for a new token")
-    num_beams = setting("num_beams", 1)
-    if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
-        raise ModelError(f"generate: num_beams must be a positive integer, got {num_beams!r}")
-    pad_token_id = setting("pad_token_id")
-    eos_token_ids = _as_list(setting("eos_token_id"))
-    start = setting("decoder_start_token_id", setting("bos_token_id"))
+    eos_token_ids = _ids_list(setting("eos_token_id"), "eos_token_id")
+    pad_token_id = setting("pad_token_id", "id")
+    start = setting("decoder_start_token_id", "id", setting("bos_token_id", "id"))
     if start is None:
         raise ModelError("generate: no decoder_start_token_id in generation_config.json or config.json")
-    if pad_token_id is None:
-        pad_token_id = eos_token_ids[0] if eos_token_ids else 0
     forced_eos = setting("forced_eos_token_id")
+    early_stopping = setting("early_stopping", default=False)
+    if early_stopping not in (True, False, "never"):
+        raise ModelError(f"generate: early_stopping must be true, false or \"never\", got {early_stopping!r}")
     settings = Settings(
-        max_length=int(max_length), num_beams=int(num_beams), decoder_start_token_id=int(start),
-        eos_token_ids=eos_token_ids, pad_token_id=int(pad_token_id),
-        min_length=setting("min_length", 0) or 0, min_new_tokens=setting("min_new_tokens", 0) or 0,
-        bad_words_ids=[seq for seq in setting("bad_words_ids") or [] if seq not in [[e] for e in eos_token_ids]],
-        forced_bos_token_id=setting("forced_bos_token_id"),
-        forced_eos_token_id=_as_list(forced_eos) if forced_eos is not None else None,
-        repetition_penalty=setting("repetition_penalty", 1.0) or 1.0,
-        no_repeat_ngram_size=setting("no_repeat_ngram_size", 0) or 0,
-        suppress_tokens=_as_list(setting("suppress_tokens")),
-        begin_suppress_tokens=_as_list(setting("begin_suppress_tokens")),
-        length_penalty=setting("length_penalty", 1.0), early_stopping=setting("early_stopping", False))
+        max_length=int(max_length), num_beams=int(setting("num_beams", "positive", 1)),
+        decoder_start_token_id=int(start), eos_token_ids=eos_token_ids,
+        pad_token_id=int(pad_token_id if pad_token_id is not None else (eos_token_ids or [0])[0]),
+        min_length=setting("min_length", "count", 0) or 0, min_new_tokens=setting("min_new_tokens", "count", 0) or 0,
+        bad_words_ids=[seq for seq in _ids_list(setting("bad_words_ids"), "bad_words_ids", nested=True)
+                       if seq not in [[e] for e in eos_token_ids]],
+        forced_bos_token_id=setting("forced_bos_token_id", "id"),
+        forced_eos_token_id=_ids_list(forced_eos, "forced_eos_token_id") if forced_eos is not None else None,
+        repetition_penalty=float(setting("repetition_penalty", "number", 1.0) or 1.0),
+        no_repeat_ngram_size=setting("no_repeat_ngram_size", "count", 0) or 0,
+        suppress_tokens=_ids_list(setting("suppress_tokens"), "suppress_tokens"),
+        begin_suppress_tokens=_ids_list(setting("begin_suppress_tokens"), "begin_suppress_tokens"),
+        length_penalty=float(setting("length_penalty", "number", 1.0)), early_stopping=early_stopping)
     n_vocab = model.spec.n_vocab
     token_ids = ([settings.decoder_start_token_id, settings.pad_token_id] + settings.eos_token_ids
                  + [t for seq in settings.bad_words_ids for t in seq] + settings.suppress_tokens
-                 + settings.begin_suppress_tokens + _as_list(settings.forced_bos_token_id))
-    bad = [t for t in token_ids if not isinstance(t, (int, np.integer)) or not 0 <= t < n_vocab]
+                 + settings.begin_suppress_tokens + (settings.forced_eos_token_id or [])
+                 + ([settings.forced_bos_token_id] if settings.forced_bos_token_id is not None else []))
+    bad = [t for t in token_ids if not 0 <= t < n_vocab]
     if bad:
-        raise ModelError(f"generate: token id {bad[0]!r} in the generation settings is outside [0, {n_vocab})")
+        raise ModelError(f"generate: token id {bad[0]} in the generation settings is outside [0, {n_vocab})")
     return settings
 
 

@@ -1,5 +1,5 @@
 """Mutated exports (initializers and nodes dropped, duplicated, reshaped, retyped, renamed; bytes corrupted;
-config.json values broken) are refused with ModelError or run correctly; no other exception escapes.
+config.json and generation_config.json values broken) are refused with ModelError or run correctly; no other exception escapes.
 
 The normal run tries a short seeded sample; `pytest -m slow tests/test_fuzz.py` runs 10,000 cases.
 """
@@ -83,7 +83,7 @@ def check_case(target_file, kind, seed):
         for name in GRAPHS + ("config.json", "generation_config.json"):
             os.symlink(FIXTURES / NAME / name, Path(tmp) / name)
         os.remove(Path(tmp) / target_file)
-        if target_file == "config.json":
+        if target_file.endswith(".json"):
             mutated = mutate_config(json.loads(_original(target_file)), kind, rng)
         else:
             mutated = mutate_graph(_original(target_file), kind, rng)
@@ -97,7 +97,8 @@ def check_case(target_file, kind, seed):
 
 case = st.one_of(
     st.tuples(st.sampled_from(GRAPHS), st.sampled_from(GRAPH_MUTATIONS), st.integers(0, 2**32 - 1)),
-    st.tuples(st.just("config.json"), st.sampled_from(CONFIG_MUTATIONS), st.integers(0, 2**32 - 1)),
+    st.tuples(st.sampled_from(["config.json", "generation_config.json"]), st.sampled_from(CONFIG_MUTATIONS),
+              st.integers(0, 2**32 - 1)),
 )
 
 
