@@ -17,7 +17,11 @@ Training checkpoints go to build/numbers-en-de/ (git-ignored); a rerun resumes f
 Seeds are fixed: the number split, the sentencepiece models, the initial weights and every batch are
 reproducible (batch b is drawn from random.Random(SEED + b)).
 
-As measured (2 shared CPU cores, torch 2.13.0, transformers 4.57.6): MEASURED_RESULTS
+As measured (2 shared CPU cores, torch 2.13.0, transformers 4.57.6, one torch thread): training 12.6 min
+(2,000 steps of 128 pairs, stopped early by three perfect dev evaluations), 13 min in all with the export;
+717,440 parameters, 7.3 MB on disk; greedy exact match 1200/1200 on the held-out set and 9998/10000 on a
+further sample of unseen numbers (misses: 700017, 900017); ONNX Runtime greedy ids equal to PyTorch's
+generate() ids for 1200/1200 held-out numbers.
 """
 
 import argparse
@@ -143,6 +147,18 @@ def split_numbers():  # -> (heldout, dev, bands of training numbers)
     bands = [[n for n in range(lo, hi) if n not in unseen] for lo, hi in BANDS[:2]]
     bands += [sorted(n for n in large if lo <= n < hi and n not in unseen) for lo, hi in BANDS[2:]]
     return heldout, dev, bands
+
+
+def unseen_sample(heldout, dev, bands, size=10_000):  # -> list of numbers
+    """A wider check than the held-out set: random numbers >= 10,000 in none of the three sets."""
+    seen = set(heldout) | set(dev) | {n for band in bands for n in band}
+    rng = random.Random(SEED - 1)
+    numbers = []
+    while len(numbers) < size:
+        n = rng.randrange(10_000, 1_000_000)
+        if n not in seen:
+            numbers.append(n)
+    return numbers
 
 
 def training_batch(bands, batch, batch_size):  # -> list of numbers
@@ -277,15 +293,16 @@ def train(model, tokenizer, bands, dev, args):  # -> model, trained in place
     """
     checkpoint_path = WORK_DIR / "checkpoint.pt"
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    step = 0
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+        step, perfect_evals = state["step"], state["perfect_evals"]
         log(f"resumed at step {step}")
+    else:
+        step, perfect_evals = 0, 0
     model.train()
-    started, loss_sum, perfect_evals = time.time(), 0.0, 0
+    started, loss_sum = time.time(), 0.0
     while step < args.steps and perfect_evals < args.patience:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps)
@@ -304,7 +321,8 @@ def train(model, tokenizer, bands, dev, args):  # -> model, trained in place
             log(f"step {step} loss {loss_sum / args.eval_every:.4f} dev {dev_accuracy:.4f} "
                 f"({time.time() - started:.0f}s)")
             loss_sum = 0.0
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "perfect_evals": perfect_evals},
                        checkpoint_path)
     return model
 
@@ -328,6 +346,36 @@ def export_onnx(hf_dir):
                  "generation_config.json"]:
         if not (OUT_DIR / name).exists():
             shutil.copy(hf_dir / name, OUT_DIR / name)
+
+
+def onnx_greedy(tokenizer, numbers, max_length=MAX_POSITIONS):  # -> list of id lists, as translate()
+    """Greedy decoding with the exported encoder and decoder_model.onnx (whole prefix each step, no cache).
+
+    The logits processors of the generation config: <pad> never chosen, </s> forced at max_length.
+    """
+    import numpy as np
+    import onnxruntime
+
+    encoder = onnxruntime.InferenceSession(str(OUT_DIR / "encoder_model.onnx"))
+    decoder = onnxruntime.InferenceSession(str(OUT_DIR / "decoder_model.onnx"))
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    inputs = tokenizer([english(n) for n in numbers], padding=True, return_tensors="np")
+    mask = inputs["attention_mask"].astype(np.int64)
+    (memory,) = encoder.run(["last_hidden_state"], {"input_ids": inputs["input_ids"].astype(np.int64),
+                                                     "attention_mask": mask})
+    ids = np.full((len(numbers), 1), pad, dtype=np.int64)
+    done = np.zeros(len(numbers), dtype=bool)
+    while not done.all() and ids.shape[1] < max_length:
+        (logits,) = decoder.run(["logits"], {"input_ids": ids, "encoder_attention_mask": mask,
+                                             "encoder_hidden_states": memory})
+        logits = logits[:, -1]  # [n_batch, n_vocab]
+        logits[:, pad] = -np.inf
+        if ids.shape[1] == max_length - 1:
+            logits[:, np.arange(logits.shape[1]) != eos] = -np.inf
+        next_ids = np.where(done, pad, logits.argmax(-1))
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        done |= next_ids == eos
+    return [[i for i in row if i != pad] for row in ids.tolist()]
 
 
 def write_records(tokenizer, heldout, texts, ids):
@@ -401,10 +449,16 @@ def main():
     log(f"held-out greedy exact match {accuracy(heldout, texts):.4f} "
         f"({sum(t == german(n) for n, t in zip(heldout, texts))}/{len(heldout)}), "
         f"training {train_seconds / 60:.1f} min")
-    for n, text in zip(heldout, texts):
+    wide = unseen_sample(heldout, dev, bands)
+    wide_texts, _ = translate(model, tokenizer, wide)
+    log(f"unseen-sample greedy exact match {accuracy(wide, wide_texts):.4f} ({len(wide)} numbers)")
+    for n, text in zip(heldout + wide, texts + wide_texts):
         if text != german(n):
             log(f"miss {n}: {text!r} != {german(n)!r}")
     export_onnx(hf_dir)
+    onnx_ids = onnx_greedy(tokenizer, heldout)
+    agree = sum(a == [i for i in b if i != tokenizer.pad_token_id] for a, b in zip(onnx_ids, ids))
+    log(f"ONNX Runtime greedy ids equal PyTorch generate() ids for {agree}/{len(heldout)} held-out numbers")
     write_records(tokenizer, heldout, texts, ids)
     write_tokenizer_fixture(OUT_DIR, TOKENIZER_FIXTURE)
     log(f"done in {(time.time() - started) / 60:.1f} min")
