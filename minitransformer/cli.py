@@ -105,6 +105,65 @@ def cmd_verify(args):
     return 0 if result["ok"] else 1
 
 
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "numbers-en-de")
+
+
+def _read_sentences(source):
+    """-i FILE or - (stdin): one sentence per line, line ends stripped."""
+    try:
+        if source == "-":
+            return sys.stdin.read().splitlines()
+        with open(source, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{source}: cannot read input ({e})") from None
+
+
+def _progress(done, total):
+    width = 30
+    filled = width * done // total
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} sentences", end="", file=sys.stderr,
+          flush=True)
+    if done == total:
+        print(file=sys.stderr)
+
+
+def translate_texts(model, tokenizer, texts, batch_size, show_progress=False, **generation):
+    """-> (translations, output ids) in input order; similar lengths are batched together, empty lines stay empty."""
+    translations, outputs = [""] * len(texts), [[] for _ in texts]
+    todo = sorted((i for i, text in enumerate(texts) if text.strip()), key=lambda i: len(texts[i]))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        input_ids, attention_mask = tokenizer.encode_batch([texts[i] for i in batch])
+        for i, row in zip(batch, model.generate(input_ids, attention_mask, **generation)):
+            outputs[i] = row.tolist()
+            translations[i] = tokenizer.decode(row)
+        if show_progress:
+            _progress(min(start + batch_size, len(todo)), len(todo))
+    return translations, outputs
+
+
+def cmd_translate(args):
+    from .model import load
+    from .tokenizer import Tokenizer
+    words = list(args.words)
+    model_dir = words.pop(0) if words and os.path.isdir(words[0]) else DEMO_MODEL
+    texts = words + (_read_sentences(args.input) if args.input else [])
+    if not texts:
+        raise ModelError("nothing to translate: give sentences as arguments or with -i FILE (- for stdin)")
+    model = load(model_dir)
+    tokenizer = Tokenizer.from_dir(model_dir)
+    show_progress = not args.no_progress and len(texts) > args.batch_size and sys.stderr.isatty()
+    translations, outputs = translate_texts(model, tokenizer, texts, args.batch_size, show_progress,
+                                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    if args.json:
+        print(json.dumps([{"source": s, "translation": t, "output_ids": ids}
+                          for s, t, ids in zip(texts, translations, outputs)], ensure_ascii=False))
+    else:
+        print("\n".join(translations))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minitransformer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +193,17 @@ def build_parser():
     verify.add_argument("--present-tolerance", type=_tolerance, default=1e-5)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=cmd_verify)
+
+    translate = commands.add_parser("translate", help="text in, text out (default model: the shipped demo)")
+    translate.add_argument("words", nargs="*", metavar="[MODEL_DIR] TEXT",
+                           help="sentences to translate; a first argument that is a directory names the model")
+    translate.add_argument("-i", "--input", metavar="FILE", help="sentences, one per line (- for stdin)")
+    translate.add_argument("--num-beams", type=_positive)
+    translate.add_argument("--max-new-tokens", type=_positive)
+    translate.add_argument("--batch-size", type=_positive, default=32)
+    translate.add_argument("--no-progress", action="store_true", help="no progress bar on long inputs")
+    translate.add_argument("--json", action="store_true")
+    translate.set_defaults(run=cmd_translate)
     return parser
 
 

@@ -1,8 +1,8 @@
 """The encoder-decoder transformer: embed, residual blocks, encoder, one decoder step, logits.
 
-One compute path for every family; a family difference appears only in the helpers `embed`,
-`norm`, `residual`, `ffn` and `logits`, driven by the Spec. Shapes use n_batch, n_src, n_tgt (new
-target positions in this call), n_past, n_k = n_past + n_tgt, d_model, n_head, d_head, n_vocab.
+One compute path for every family; a family difference appears only in the helpers `positions_of`,
+`embed`, `position_bias`, `norm`, `residual`, `ffn` and `logits`, driven by the Spec. Shapes use n_batch,
+n_src, n_tgt (new target positions in this call), n_past, n_k = n_past + n_tgt, d_model, n_head, d_head, n_vocab.
 """
 import os
 from dataclasses import dataclass

@@ -93,10 +93,7 @@ def test_skipping_the_cache_update_gives_different_ids(load_fixture, name, monke
     """The old engine's bug: nothing carried between steps. The parity tests must be able to fail."""
     model, _, torch_out = load_fixture(name)
     max_new = torch_out["decoder_input_ids"].shape[1]
-    def append_without_update(self, layer, k, v):  # new K/V are used once and never stored: the past stays stale
-        past_k, past_v = self.view(layer)
-        return np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2)
-
-    monkeypatch.setattr(KVCache, "append", append_without_update)
+    # the old engine's bug: the step's K/V never carried over, so every step decodes as if it were the first
+    monkeypatch.setattr(KVCache, "commit", lambda self, n_tgt: None)
     broken = model.generate(torch_out["input_ids"], torch_out["attention_mask"], max_new_tokens=max_new, num_beams=1)
     assert broken.shape != torch_out["greedy_ids"].shape or (broken != torch_out["greedy_ids"]).any()
