@@ -21,49 +21,51 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from .errors import ModelError
+
 SPIECE_UNDERLINE = "▁"
 DEFAULT_SPECIAL = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
 def load_json(path):  # Path -> parsed JSON
-    """JSON file contents; a missing or malformed file is a ValueError naming it."""
+    """JSON file contents; a missing or malformed file is a ModelError naming it."""
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise ModelError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise ModelError(f"{path}: not valid JSON ({error})") from error
 
 
 def load_vocab(path):  # Path -> {piece: id}
     """vocab.json as piece -> id; it must be a JSON object of distinct non-negative integer ids."""
     vocab = load_json(path)
     if not isinstance(vocab, dict) or not vocab:
-        raise ValueError(f"{path}: expected a non-empty JSON object mapping pieces to ids")
+        raise ModelError(f"{path}: expected a non-empty JSON object mapping pieces to ids")
     bad = [piece for piece, i in vocab.items() if not isinstance(i, int) or isinstance(i, bool) or i < 0]
     if bad:
-        raise ValueError(f"{path}: ids must be non-negative integers, got {vocab[bad[0]]!r} for {bad[0]!r}")
+        raise ModelError(f"{path}: ids must be non-negative integers, got {vocab[bad[0]]!r} for {bad[0]!r}")
     if len(set(vocab.values())) != len(vocab):
-        raise ValueError(f"{path}: ids are not distinct")
+        raise ModelError(f"{path}: ids are not distinct")
     return vocab
 
 
 def load_spm(path):  # Path -> SentencePieceProcessor
     """A sentencepiece model file (OPUS-MT's source.spm / target.spm)."""
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise ModelError(f"{path}: file not found")
     processor = spm.SentencePieceProcessor()
     try:
         processor.Load(str(path))
     except (OSError, RuntimeError) as error:
-        raise ValueError(f"{path}: not a sentencepiece model ({error})") from error
+        raise ModelError(f"{path}: not a sentencepiece model ({error})") from error
     return processor
 
 
 def special_token_names(config, path):  # tokenizer_config.json -> {"eos_token": "</s>", ...}
     """The eos, unk and pad token strings, as named in tokenizer_config.json (OPUS-MT defaults otherwise)."""
     if config.get("separate_vocabs"):
-        raise ValueError(f"{path}: separate_vocabs (a second target vocabulary) is not supported")
+        raise ModelError(f"{path}: separate_vocabs (a second target vocabulary) is not supported")
     names = {}
     for key, default in DEFAULT_SPECIAL.items():
         value = config.get(key, default)
@@ -85,10 +87,10 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path):  # directory with source.spm, target.spm, vocab.json[, tokenizer_config.json]
-        """Load the files HF MarianTokenizer.from_pretrained reads; problems raise ValueError naming the file."""
+        """Load the files HF MarianTokenizer.from_pretrained reads; problems raise ModelError naming the file."""
         path = Path(path)
         if not path.is_dir():
-            raise ValueError(f"{path}: not a directory")
+            raise ModelError(f"{path}: not a directory")
         config_path = path / "tokenizer_config.json"
         config = load_json(config_path) if config_path.exists() else {}
         names = special_token_names(config, config_path)
@@ -96,7 +98,7 @@ class Tokenizer:
         vocab = load_vocab(vocab_path)
         missing = [name for name in names.values() if name not in vocab]
         if missing:
-            raise ValueError(f"{vocab_path}: special tokens {missing} are missing")
+            raise ModelError(f"{vocab_path}: special tokens {missing} are missing")
         return cls(source=load_spm(path / "source.spm"), target=load_spm(path / "target.spm"), vocab=vocab,
                    pieces={i: piece for piece, i in vocab.items()}, **names)
 
