@@ -1,0 +1,357 @@
+"""Build the test fixtures: tiny seeded seq2seq models, their optimum ONNX export and PyTorch's own outputs.
+
+Each fixture is one row of FIXTURES. For a row the factory
+  1. builds the model from its config with every parameter randomized (biases, norm gains and biases included),
+  2. trains it briefly on a learnable toy mapping, so that greedy decoding emits varied tokens,
+  3. randomizes `final_logits_bias` after training, so a dropped bias shows up in every logit,
+  4. exports it with `optimum-cli export onnx --task text2text-generation-with-past` into tests/fixtures/<name>/,
+  5. records PyTorch's logits, greedy and beam outputs and its full state_dict there as safetensors,
+  6. checks the exported encoder_model.onnx + decoder_model.onnx against the recorded logits with ONNX Runtime.
+
+Adding a family (BART, mBART, M2M100, T5) means writing one row helper like `opus_mt` and adding rows.
+
+Usage: python tools/make_fixtures.py [--only NAME]
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import safetensors.torch
+import torch
+import transformers
+
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+ONNX_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class FixtureSpec:
+    model_class: str  # transformers class name, e.g. "MarianMTModel"
+    config: dict  # HF config kwargs; "model_type" picks the config class
+    generation: dict  # generation_config.json fields
+    content_ids: tuple  # (first, stop): the token ids that are not special; toy sources and targets use only these
+    seed: int
+    src_lengths: tuple = (21, 9, 4)  # recorded sources, eos included; the longest yields >= 32 greedy tokens
+    n_tgt: int = 40  # teacher-forced decoder length, and max_new_tokens for generate()
+    train_steps: int = 400
+    warmup_steps: int = 50
+    train_batch: int = 32
+    train_lengths: tuple = (3, 20)  # toy source lengths (eos excluded), inclusive
+    stride: int = 7  # toy target chains' step; coprime with the number of content ids, so no short cycles
+    random_buffers: tuple = ("final_logits_bias",)  # buffers drawn ~ 0.5 N after training (none in M2M100, T5)
+
+
+def opus_mt(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, tied, seed):
+    """A MarianMTModel row laid out as Helsinki-NLP OPUS-MT ships it: eos 0, unk 1, pad last, decoding starts at pad."""
+    pad = vocab_size - 1
+    config = dict(
+        model_type="marian",
+        vocab_size=vocab_size,
+        decoder_vocab_size=vocab_size,  # optimum's export fails when these differ
+        d_model=d_model,
+        encoder_attention_heads=n_head,
+        decoder_attention_heads=n_head,
+        encoder_ffn_dim=d_ff,
+        decoder_ffn_dim=d_ff,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        max_position_embeddings=128,
+        activation_function="swish",
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=tied,
+        tie_word_embeddings=tied,
+        pad_token_id=pad,
+        eos_token_id=0,
+        forced_eos_token_id=0,
+        decoder_start_token_id=pad,
+    )
+    generation = dict(
+        bad_words_ids=[[pad]],
+        decoder_start_token_id=pad,
+        eos_token_id=0,
+        forced_eos_token_id=0,
+        pad_token_id=pad,
+        max_length=64,
+        num_beams=4,
+    )
+    return FixtureSpec("MarianMTModel", config, generation, content_ids=(2, pad), seed=seed)
+
+
+FIXTURES = {
+    "marian-opus": opus_mt(
+        vocab_size=96, d_model=64, n_head=4, d_ff=128, encoder_layers=6, decoder_layers=6, tied=True, seed=1
+    ),
+    "marian-odd": opus_mt(  # d_model not a power of two, odd head count (d_head 12), encoder shallower than decoder
+        vocab_size=83, d_model=60, n_head=5, d_ff=100, encoder_layers=3, decoder_layers=6, tied=True, seed=2
+    ),
+    "marian-untied": opus_mt(  # separate encoder embedding, decoder embedding and lm_head
+        vocab_size=71, d_model=32, n_head=2, d_ff=64, encoder_layers=2, decoder_layers=6, tied=False, seed=3
+    ),
+}
+
+
+def build_model(spec):
+    """Instantiate the spec's model with every trainable parameter drawn at random."""
+    config = transformers.AutoConfig.for_model(**spec.config)
+    model = getattr(transformers, spec.model_class)(config)
+    model.generation_config = transformers.GenerationConfig(**spec.generation)
+    randomize_parameters(model)
+    return model
+
+
+@torch.no_grad()
+def randomize_parameters(model):
+    """Draw matrices ~ N(0, 1/fan_in), norm gains ~ 1 + 0.2 N, other vectors (biases) ~ 0.2 N.
+
+    Frozen parameters are left alone: they are the fixed sinusoid tables (Marian's embed_positions) that HF recomputes
+    on load. A zero bias or a unit gain would hide a kernel that reads the wrong weight.
+    """
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() == 2:
+            p.normal_(0.0, p.shape[1] ** -0.5)
+        elif "norm" in name and name.endswith("weight"):
+            p.copy_(1.0 + 0.2 * torch.randn_like(p))
+        else:
+            p.copy_(0.2 * torch.randn_like(p))
+
+
+def toy_target(src, spec):
+    """The toy mapping: two interleaved chains of content ids, started by the first two source tokens, each step
+    `stride` ids further: t[j] = t[j - 2] + stride. Predicting t[j] needs the token two steps back, so greedy output
+    depends on the KV cache, and its length (2 * len(src)) on the source."""
+    first, stop = spec.content_ids
+    n_content = stop - first
+    return [first + (src[j % 2] - first + spec.stride * (j // 2 + 1)) % n_content for j in range(2 * len(src))]
+
+
+def random_content(n, spec, generator):  # -> [n] content token ids
+    """`n` random tokens drawn from the spec's content ids."""
+    first, stop = spec.content_ids
+    return torch.randint(first, stop, (n,), generator=generator).tolist()
+
+
+def pad_rows(rows, pad):  # list of n_batch lists -> [n_batch, max_len], [n_batch, max_len]
+    """Right-pad token rows with `pad`; return the ids and the 0/1 attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def toy_batch(spec, generator):  # -> input_ids, attention_mask [n_batch, n_src]; labels [n_batch, n_lab]
+    """A training batch of random sources and their toy targets, both ending in eos; padded labels are -100."""
+    eos, pad = spec.config["eos_token_id"], spec.config["pad_token_id"]
+    lo, hi = spec.train_lengths
+    lengths = torch.randint(lo, hi + 1, (spec.train_batch,), generator=generator).tolist()
+    sources = [random_content(n, spec, generator) for n in lengths]
+    input_ids, attention_mask = pad_rows([s + [eos] for s in sources], pad)
+    labels, label_mask = pad_rows([toy_target(s, spec) + [eos] for s in sources], pad)
+    return input_ids, attention_mask, labels.masked_fill(label_mask == 0, -100)
+
+
+def train(model, spec):
+    """Fit the toy mapping with Adam (lr 1e-3 after a linear warmup); HF shifts the labels right behind the decoder
+    start token. The model stays in eval mode: no dropout, so a few hundred steps suffice. Returns the last loss."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / spec.warmup_steps))
+    model.eval()
+    for _ in range(spec.train_steps):
+        input_ids, attention_mask, labels = toy_batch(spec, generator)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        warmup.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def randomize_buffers(model, names):
+    """Draw the named buffers (Marian's final_logits_bias) ~ 0.5 N after training, so they are never zero."""
+    buffers = dict(model.named_buffers())
+    for name in names:
+        buffers[name].copy_(0.5 * torch.randn_like(buffers[name]))
+
+
+def recorded_batch(spec):  # -> input_ids, attention_mask [3, n_src]; decoder_input_ids [3, n_tgt]
+    """The recorded inputs: sources of different lengths ending in eos, right-padded; teacher-forced decoder ids
+    that start with the decoder start token and go on with random non-pad tokens."""
+    generator = torch.Generator().manual_seed(spec.seed + 1000)
+    eos, pad = spec.config["eos_token_id"], spec.config["pad_token_id"]
+    start = spec.config["decoder_start_token_id"]
+    sources = [random_content(n - 1, spec, generator) + [eos] for n in spec.src_lengths]
+    input_ids, attention_mask = pad_rows(sources, pad)
+    non_pad = torch.tensor([i for i in range(spec.config["vocab_size"]) if i != pad])
+    picks = torch.randint(0, len(non_pad), (len(sources), spec.n_tgt - 1), generator=generator)
+    decoder_input_ids = torch.cat([torch.full((len(sources), 1), start), non_pad[picks]], dim=1)
+    return input_ids, attention_mask, decoder_input_ids
+
+
+def generate_kwargs(spec):
+    """The exact generate() arguments recorded for greedy and beam search; the rest comes from generation_config."""
+    greedy = dict(num_beams=1, do_sample=False, max_new_tokens=spec.n_tgt)
+    beam = dict(
+        num_beams=4,
+        num_return_sequences=1,
+        do_sample=False,
+        max_new_tokens=spec.n_tgt,
+        length_penalty=1.0,
+        early_stopping=transformers.GenerationConfig(**spec.generation).early_stopping,
+    )
+    return {"greedy": greedy, "beam": beam}
+
+
+@torch.no_grad()
+def record_outputs(model, spec):
+    """PyTorch's own float32 outputs on the test batch: teacher-forced logits, greedy ids and beam ids."""
+    input_ids, attention_mask, decoder_input_ids = recorded_batch(spec)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    kwargs = generate_kwargs(spec)
+    greedy_ids = model.generate(input_ids, attention_mask=attention_mask, **kwargs["greedy"])
+    beam_ids = model.generate(input_ids, attention_mask=attention_mask, **kwargs["beam"])
+    outputs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        decoder_input_ids=decoder_input_ids,
+        logits=logits.float(),
+        greedy_ids=greedy_ids,
+        beam_ids=beam_ids,
+    )
+    return {k: v.contiguous() for k, v in outputs.items()}
+
+
+def new_tokens(row, spec):  # [1 + n_new] -> list of n_new token ids, eos included, decoder start and padding removed
+    """The tokens generate() emitted for one row, up to and including the first eos."""
+    tokens = row[1:].tolist()
+    eos = spec.config["eos_token_id"]
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def check_greedy(greedy_ids, spec):
+    """Assert the greedy outputs exercise something: each row at least half distinct tokens, one row of >= 32 tokens,
+    one row ending early in eos and padding. Returns each row's distinct fraction."""
+    rows = [new_tokens(row, spec) for row in greedy_ids]
+    fractions = [len(set(r)) / len(r) for r in rows]
+    assert min(fractions) >= 0.5, f"greedy rows too repetitive: distinct fractions {fractions}, rows {rows}"
+    assert max(len(r) for r in rows) >= 32, f"no greedy row reaches 32 tokens: {[len(r) for r in rows]}"
+    assert min(len(r) for r in rows) < greedy_ids.shape[1] - 1, "no greedy row ends early (no pad after eos)"
+    return fractions
+
+
+def state_dict_tensors(model):
+    """Each state_dict key as its own contiguous float32 tensor; tied keys cloned (safetensors refuses shared data)."""
+    return {k: v.detach().clone().float().contiguous() for k, v in model.state_dict().items()}
+
+
+def export_onnx(model, out_dir):
+    """save_pretrained to a temp dir, then optimum-cli's text2text-generation-with-past export into `out_dir`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        task = "text2text-generation-with-past"
+        command = ["optimum-cli", "export", "onnx", "--model", tmp, "--task", task, str(out_dir)]
+        # optimum's decoder merge names shared weights in set order: a fixed hash seed makes the export reproducible
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"optimum-cli failed:\n{result.stderr}")
+    missing = [g for g in ONNX_GRAPHS if not (out_dir / g).is_file()]
+    assert not missing, f"optimum-cli wrote no {missing}"
+
+
+def onnx_logits(out_dir, outputs):  # -> [n_batch, n_tgt, n_vocab]
+    """Teacher-forced logits from ONNX Runtime: encoder_model.onnx, then decoder_model.onnx (no cache), no fusions."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    encoder = ort.InferenceSession(str(out_dir / "encoder_model.onnx"), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(out_dir / "decoder_model.onnx"), options, providers=["CPUExecutionProvider"])
+    attention_mask = outputs["attention_mask"].numpy()
+    (hidden,) = encoder.run(None, {"input_ids": outputs["input_ids"].numpy(), "attention_mask": attention_mask})
+    feeds = {
+        "input_ids": outputs["decoder_input_ids"].numpy(),
+        "encoder_hidden_states": hidden,
+        "encoder_attention_mask": attention_mask,
+    }
+    return decoder.run(["logits"], feeds)[0]
+
+
+def dir_size(path):
+    """Total bytes of the files in `path`."""
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def write_fixture(model, outputs, meta, out_dir):
+    """The ONNX export plus PyTorch's outputs, full state_dict and generate() record, all in `out_dir`."""
+    state = state_dict_tensors(model)
+    export_onnx(model, out_dir)
+    safetensors.torch.save_file(outputs, str(out_dir / "torch_outputs.safetensors"))
+    safetensors.torch.save_file(state, str(out_dir / "torch_state_dict.safetensors"))
+    (out_dir / "torch_outputs.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def make_fixture(name, spec):
+    """Build, record, export and check one fixture; returns a summary dict for the log.
+
+    The fixture is written to a staging dir next to tests/fixtures/<name>/ and swapped in only once it passes the
+    ONNX Runtime check, so a failed run never leaves a half-written fixture behind."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec)
+    loss = train(model, spec)
+    randomize_buffers(model, spec.random_buffers)
+    outputs = record_outputs(model, spec)
+    fractions = check_greedy(outputs["greedy_ids"], spec)
+    meta = dict(
+        generate_kwargs=generate_kwargs(spec),
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        seed=spec.seed,
+        train_steps=spec.train_steps,
+        final_train_loss=round(loss, 4),
+        greedy_distinct_fractions=[round(f, 3) for f in fractions],
+    )
+    out_dir = FIXTURES_DIR / name
+    with tempfile.TemporaryDirectory(dir=FIXTURES_DIR, prefix=f".{name}-") as stage:
+        staged = Path(stage) / name
+        write_fixture(model, outputs, meta, staged)
+        diff = float(np.abs(onnx_logits(staged, outputs) - outputs["logits"].numpy()).max())
+        assert diff < 1e-4, f"{name}: ONNX Runtime logits differ from PyTorch's by {diff}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staged.rename(out_dir)
+    return dict(loss=loss, fractions=fractions, logits_max_abs_diff=diff, bytes=dir_size(out_dir))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(FIXTURES), help="build just this fixture (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # deterministic reductions, and the machine is shared
+    names = [args.only] if args.only else list(FIXTURES)
+    start = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        summary = make_fixture(name, FIXTURES[name])
+        fractions = ", ".join(f"{f:.2f}" for f in summary["fractions"])
+        print(
+            f"{name}: train loss {summary['loss']:.3f}, greedy distinct [{fractions}], "
+            f"ORT logits max|diff| {summary['logits_max_abs_diff']:.2e}, "
+            f"{summary['bytes'] / 1e6:.2f} MB, {time.perf_counter() - t0:.0f} s"
+        )
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
