@@ -90,6 +90,14 @@ def test_unknown_model_family(fixture_copy, capsys):
     assert_refused(capsys, r"config\.json: model_type 'whisper' is not supported", *generate_args(target, "5 0"))
 
 
+def test_graph_of_another_family_than_config_says(fixture_copy, capsys):
+    """A Marian export whose config.json claims BART: BART's layernorm_embedding is nowhere in the graphs."""
+    target = fixture_copy(NAME)
+    edit_config(target, model_type="bart")
+    assert_refused(capsys, r"missing tensor\(s\) .*layernorm_embedding.*is this an optimum export of the bart model",
+                   *generate_args(target, "5 0"))
+
+
 def test_graph_from_another_exporter(fixture_copy, capsys):
     """Node names without optimum's module scopes: the anonymous weights cannot be named, and we say so."""
     import onnx
