@@ -106,6 +106,13 @@ def _scope(node_name):
     return node_name.strip("/").rsplit("/", 1)[0].replace("/", ".") if "/" in node_name.strip("/") else ""
 
 
+def _adds_to_lm_head(node, slot, producers):
+    """Is this Add's other operand the output of the lm_head MatMul (then the added tensor is the logits bias)?"""
+    other = node.input[1 - slot] if len(node.input) == 2 else None
+    producer = producers.get(other)
+    return producer is not None and producer.op_type == "MatMul" and _scope(producer.name) == "lm_head"
+
+
 def _is_transpose_2d(node):
     perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
     return perm == [1, 0]
@@ -117,8 +124,8 @@ def graph_weights(model, file_name, root=""):
     `root` is the prefix this graph's names leave out (the encoder graph's); global names keep theirs.
     """
     initializers = _all_initializers(model.graph)
-    producers = {out: node for node in _all_nodes(model.graph) if node.op_type in _ALIASING_OPS
-                 for out in node.output}
+    all_producers = {out: node for node in _all_nodes(model.graph) for out in node.output}
+    producers = {out: node for out, node in all_producers.items() if node.op_type in _ALIASING_OPS}
     values = {}
 
     def trace(name):  # follow Identity / Transpose back to an initializer -> (initializer, n_transposes)
@@ -148,6 +155,8 @@ def graph_weights(model, file_name, root=""):
                 value = value.T
             if node.op_type == "MatMul" and slot == 1 and _scope(node.name):
                 name, value, transform = _scope(node.name) + ".weight", value.T, "transpose"
+            elif node.op_type == "Add" and _adds_to_lm_head(node, slot, all_producers):
+                name, transform = "final_logits_bias", "none"  # BART's, traced as an anonymous constant
             else:
                 name, transform = _MERGED_SUFFIX.sub("", seen_name), "transpose" if n_transposes % 2 else "none"
                 if not _PARAM_NAME.match(name) or name.startswith("onnx::"):
