@@ -1,0 +1,585 @@
+"""Benchmark minitransformer against ONNX Runtime on the ANCHORS workload, then profile our decode step.
+
+Workload (/work/shared/ANCHORS.md): a MarianMTModel with OPUS-MT en-zh dimensions (vocab 65001, d_model 512,
+6+6 layers, 8 heads, ffn 2048, swish, scaled embeddings, tied lm_head), seeded random weights, exported by
+`optimum-cli export onnx --task text2text-generation-with-past`; batch 1, a 32-token source, 64 forced
+decode steps (a fixed seeded token sequence, not argmax, so every engine does identical work).
+
+Built once into --work-dir (default /tmp/minitransformer-bench); --model-dir benchmarks an existing export.
+
+Engines, measured in one process and interleaved: every repetition runs each engine once, the order
+rotated from repetition to repetition (ABAB..., BABA...), so a burst of load from other jobs lands on all of them:
+  ours            Model.encode, Model.start, Model.decode_step (numba attention kernel)
+  ort-split       OnnxReference(optimize=True).decoder("split"): decoder_model, then decoder_with_past_model
+  ort-merged      the same loop over decoder_model_merged.onnx
+  ort-split-raw   session.run over pre-built feeds (no name filtering, no dict rebuilding): ORT's own floor
+  ort-merged-raw  the same for the merged graph
+  PKG             with --also PKG: PKG.load() from another importable copy of the package (a patched copy on
+                  PYTHONPATH), so a proposed change is timed against the current code in the same run
+Then greedy and beam-4 generate() (min_new_tokens forces 64 tokens) for ours and for reference_generate, and a
+profile of our decode step: each component timed by wrapping the module's functions in this process only, the same
+matvecs on bare BLAS (package layout and pre-transposed), and cProfile's top functions.
+
+Load from other jobs: the machine is shared, so numbers are medians, every ratio comes from one run, and the load
+average at start and end is printed. With 2 threads and a busy machine, OpenBLAS's per-call thread hand-off can
+make a decode step several times slower; compare with --threads 1 before reading much into 2-thread numbers.
+
+Threads: --threads N sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS and NUMBA_NUM_THREADS in
+os.environ before numpy is first imported (this file imports numpy only inside main()), and gives ONNX Runtime
+intra_op_num_threads=N. A value already present in the environment wins over --threads for numpy.
+
+Usage:
+  python tools/bench.py                       # build once (~2 min), then benchmark + profile (~3-5 min)
+  python tools/bench.py --threads 1 --json out.json
+  python tools/bench.py --model-dir path/to/optimum/export --reps 10 --no-profile
+  PYTHONPATH=/tmp/scratch python tools/bench.py --also mtx_patched --profile-engine mtx_patched
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+MODEL_CONFIG = dict(  # OPUS-MT en-zh dimensions (Helsinki-NLP/opus-mt-en-zh config.json)
+    model_type="marian", vocab_size=65001, decoder_vocab_size=65001, d_model=512,
+    encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
+    encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512, activation_function="swish",
+    scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+    pad_token_id=65000, eos_token_id=0, forced_eos_token_id=0, decoder_start_token_id=65000,
+)
+GENERATION_CONFIG = dict(bad_words_ids=[[65000]], decoder_start_token_id=65000, eos_token_id=0,
+                         forced_eos_token_id=0, pad_token_id=65000, max_length=512, num_beams=4)
+ONNX_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx",
+               "decoder_model_merged.onnx")
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+def build_export(work_dir, seed):
+    """The seeded random MarianMTModel, saved and exported once; -> the export dir."""
+    hf_dir, onnx_dir = os.path.join(work_dir, "hf"), os.path.join(work_dir, "onnx")
+    stamp = os.path.join(onnx_dir, "bench-build.json")
+    wanted = {"config": MODEL_CONFIG, "generation": GENERATION_CONFIG, "seed": seed}
+    if os.path.exists(stamp) and all(os.path.exists(os.path.join(onnx_dir, g)) for g in ONNX_GRAPHS):
+        with open(stamp) as f:
+            if json.load(f) == wanted:
+                return onnx_dir
+    import torch
+    import transformers
+
+    print(f"building the benchmark model in {work_dir} (one time, a few minutes)", file=sys.stderr)
+    torch.manual_seed(seed)
+    config = transformers.MarianConfig(**{k: v for k, v in MODEL_CONFIG.items() if k != "model_type"})
+    model = transformers.MarianMTModel(config).eval()
+    with torch.no_grad():  # HF init leaves biases at 0 and norms at 1; a trained model has neither
+        for name, p in model.named_parameters():
+            if "embed_positions" in name:
+                continue  # Marian's sinusoid table is fixed, not learned
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+            elif "layer_norm" in name:
+                p.normal_(1.0, 0.02)
+        model.final_logits_bias.normal_(0.0, 0.02)
+    model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
+    model.save_pretrained(hf_dir)
+    t0 = time.perf_counter()
+    subprocess.run(["optimum-cli", "export", "onnx", "--model", hf_dir, "--task", "text2text-generation-with-past",
+                    onnx_dir], check=True, stdout=subprocess.DEVNULL)
+    print(f"exported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    with open(stamp, "w") as f:
+        json.dump(wanted, f)
+    return onnx_dir
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+def openblas():
+    """numpy's bundled OpenBLAS through ctypes: (threads, core kernel name), or None when not found."""
+    import ctypes
+    import glob
+
+    import numpy as np
+    for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*")):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "")):
+            if hasattr(lib, f"{prefix}get_num_threads{suffix}"):
+                getattr(lib, f"{prefix}get_corename{suffix}").restype = ctypes.c_char_p
+                return (getattr(lib, f"{prefix}get_num_threads{suffix}")(),
+                        getattr(lib, f"{prefix}get_corename{suffix}")().decode())
+    return None
+
+
+def environment(threads):
+    import numba
+    import numpy as np
+    import onnxruntime as ort
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    blas = openblas()
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "onnxruntime": ort.__version__, "threads": threads,
+            "openblas_threads": blas[0] if blas else None, "openblas_core": blas[1] if blas else None,
+            "load_average_start": os.getloadavg()}
+
+
+# ---------------------------------------------------------------------------------------------- engines
+# Each engine: encode() -> hidden; decode(hidden, ids) -> (start seconds, [seconds per step], last logits).
+
+class Ours:
+    def __init__(self, model, src, mask, name="ours"):
+        self.model, self.src, self.mask, self.name = model, src, mask, name
+
+    def encode(self):
+        return self.model.encode(self.src, self.mask)
+
+    def decode(self, hidden, step_ids):
+        clock = time.perf_counter
+        t0 = clock()
+        state = self.model.start(hidden, self.mask, len(step_ids))
+        start = clock() - t0
+        times = []
+        for ids in step_ids:
+            t0 = clock()
+            logits = self.model.decode_step(state, ids)
+            times.append(clock() - t0)
+        return start, times, logits
+
+
+class OrtLoop:
+    """The package's ONNX Runtime loop (OnnxReference.decoder(layout).step), as a user of it pays."""
+
+    def __init__(self, ref, layout, src, mask):
+        self.ref, self.layout, self.src, self.mask = ref, layout, src, mask
+        self.name = f"ort-{layout}"
+
+    def encode(self):
+        return self.ref.encode(self.src, self.mask)
+
+    def decode(self, hidden, step_ids):
+        clock = time.perf_counter
+        t0 = clock()
+        loop = self.ref.decoder(self.layout, hidden, self.mask)
+        start = clock() - t0
+        times = []
+        for ids in step_ids:
+            t0 = clock()
+            logits, _ = loop.step(ids)
+            times.append(clock() - t0)
+        return start, times, logits
+
+
+class OrtRaw:
+    """ONNX Runtime's floor: session.run over feeds built before the clock starts, presents fed back by index."""
+
+    def __init__(self, ref, layout, src, mask):
+        import numpy as np
+        self.layout, self.name, self.mask = layout, f"ort-{layout}-raw", mask
+        self.encoder = ref.session("encoder_model.onnx")
+        self.encoder_feeds = {"input_ids": src, "attention_mask": mask}
+        if layout == "split":
+            self.first, self.rest = ref.session("decoder_model.onnx"), ref.session("decoder_with_past_model.onnx")
+        else:
+            self.first = self.rest = ref.session("decoder_model_merged.onnx")
+        self.rest_inputs = {i.name for i in self.rest.get_inputs()}
+        outputs = [o.name for o in self.first.get_outputs()]
+        rest_outputs = [o.name for o in self.rest.get_outputs()]
+        past = lambda name: name.replace("present", "past_key_values")  # noqa: E731
+        # step 0 supplies every past input; later steps renew only the self-attention (decoder.*) ones
+        self.from_first = [(i, past(n)) for i, n in enumerate(outputs) if past(n) in self.rest_inputs]
+        self.from_rest = [(i, past(n)) for i, n in enumerate(rest_outputs) if ".decoder." in n]
+        self.empty_past = {}
+        if layout == "merged":
+            for graph_input in self.first.get_inputs():
+                if graph_input.name.startswith("past_key_values."):
+                    _, n_head, _, d_head = graph_input.shape
+                    length = mask.shape[1] if ".encoder." in graph_input.name else 0
+                    self.empty_past[graph_input.name] = np.zeros((1, n_head, length, d_head), np.float32)
+        self.true, self.false = np.array([True]), np.array([False])
+
+    def encode(self):
+        return self.encoder.run(["last_hidden_state"], self.encoder_feeds)[0]
+
+    def decode(self, hidden, step_ids):
+        clock = time.perf_counter
+        t0 = clock()
+        feeds = {"encoder_attention_mask": self.mask, "encoder_hidden_states": hidden, **self.empty_past}
+        if self.layout == "merged":
+            feeds["use_cache_branch"] = self.false
+        start = clock() - t0
+        times = []
+        t0 = clock()
+        feeds["input_ids"] = step_ids[0]
+        out = self.first.run(None, feeds)
+        if self.layout == "merged":
+            feeds["use_cache_branch"] = self.true
+        else:
+            feeds = {name: value for name, value in feeds.items() if name in self.rest_inputs}
+        for i, name in self.from_first:
+            feeds[name] = out[i]
+        times.append(clock() - t0)
+        for ids in step_ids[1:]:
+            t0 = clock()
+            feeds["input_ids"] = ids
+            out = self.rest.run(None, feeds)
+            for i, name in self.from_rest:
+                feeds[name] = out[i]
+            times.append(clock() - t0)
+        return start, times, out[0]
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+def median_ms(values):
+    return 1e3 * statistics.median(values) if values else float("nan")
+
+
+def bench_decode(engines, step_ids, reps, budget):
+    """Interleaved repetitions: rep r runs the engines in an order rotated by r. -> per-engine raw times."""
+    import numpy as np
+    raw = {e.name: {"encoder": [], "start": [], "steps": [], "step0": [], "total": []} for e in engines}
+    logits = {}
+    for e in engines:  # warm-up: numba compilation, ORT's first-run allocations
+        hidden = e.encode()
+        e.decode(hidden, step_ids[:4])
+    began = time.perf_counter()
+    for rep in range(reps):
+        for e in engines[rep % len(engines):] + engines[:rep % len(engines)]:
+            t0 = time.perf_counter()
+            hidden = e.encode()
+            raw[e.name]["encoder"].append(time.perf_counter() - t0)
+            start, times, last = e.decode(np.asarray(hidden, np.float32), step_ids)
+            r = raw[e.name]
+            r["start"].append(start)
+            r["steps"].extend(times)
+            r["step0"].append(times[0])
+            r["total"].append(start + sum(times))
+            logits[e.name] = np.asarray(last)
+        print(f"  rep {rep + 1}/{reps}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        # a repetition that would end past the budget is not started (3 at least, for a median)
+        per_rep = (time.perf_counter() - began) / (rep + 1)
+        if rep + 1 < reps and rep >= 2 and time.perf_counter() - began + per_rep > budget:
+            print(f"  time budget of {budget:.0f} s reached after {rep + 1} reps", file=sys.stderr)
+            break
+    return raw, logits
+
+
+def bench_generate(model, ref, src, mask, n_new, reps, budget):
+    """Greedy and beam-4 generate(), ours and reference_generate (split), interleaved. -> raw seconds per token."""
+    from minitransformer.generate import resolve_settings
+    from minitransformer.reference import reference_generate
+    raw, tokens = {}, {}
+    # min_new_tokens keeps eos out until the end, so random weights still generate n_new tokens
+    jobs = []
+    for beams in (1, 4):
+        settings = {"max_new_tokens": n_new, "num_beams": beams, "min_new_tokens": n_new}
+        resolved = resolve_settings(model, settings)
+        label = "greedy" if beams == 1 else f"beam{beams}"
+        jobs.append((f"ours {label}", lambda s=settings: model.generate(src, mask, **s)))
+        jobs.append((f"ort-split {label}", lambda s=resolved: reference_generate(ref, s, src, mask, "split")))
+    began = time.perf_counter()
+    for rep in range(reps):
+        for name, run in jobs[rep % len(jobs):] + jobs[:rep % len(jobs)]:
+            t0 = time.perf_counter()
+            out = run()
+            raw.setdefault(name, []).append((time.perf_counter() - t0) / (out.shape[1] - 1))
+            tokens[name] = out
+        per_rep = (time.perf_counter() - began) / (rep + 1)
+        if rep + 1 < reps and time.perf_counter() - began + per_rep > budget:
+            print(f"  time budget of {budget:.0f} s reached after {rep + 1} reps", file=sys.stderr)
+            break
+    same = {label: bool((tokens[f"ours {label}"] == tokens[f"ort-split {label}"]).all())
+            if tokens[f"ours {label}"].shape == tokens[f"ort-split {label}"].shape else False
+            for label in ("greedy", "beam4")}
+    lengths = {name: int(out.shape[1] - 1) for name, out in tokens.items()}
+    return raw, same, lengths
+
+
+# ---------------------------------------------------------------------------------------------- profiling
+
+def profile_decode(model, hidden, mask, step_ids, reps):
+    """Where our decode step spends its time: instrumented components, bare-BLAS floor and cProfile's top."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    mm = sys.modules[type(model).__module__]  # the module whose globals decode_step looks up
+    spec, n_vocab, d_ff = model.spec, model.spec.n_vocab, model.spec.d_ff
+    buckets = {}
+
+    def timed(bucket_of, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            bucket = bucket_of(*args, **kwargs) if callable(bucket_of) else bucket_of
+            buckets[bucket] = buckets.get(bucket, 0.0) + time.perf_counter() - t0
+            return result
+        return wrapper
+
+    def linear_bucket(x, weight, bias=None):  # by shape, so a pre-transposed layout is classified too
+        if n_vocab in weight.shape:
+            return "lm_head matvec"
+        if x.shape[-1] == d_ff:
+            return "fc2 matvec (+ bias)"
+        if d_ff in weight.shape:
+            return "fc1 matvec (+ bias)"
+        return "attention projections q,k,v,out + cross q,out (+ bias)"
+
+    def run_steps(attend=None):
+        state = model.start(hidden, mask, len(step_ids))
+        buckets.clear()  # start() runs linear too (cross-attention K/V): not part of a step
+        t0 = time.perf_counter()
+        for ids in step_ids:
+            model.decode_step(state, ids, attend=attend) if attend else model.decode_step(state, ids)
+        return (time.perf_counter() - t0) / len(step_ids)
+
+    plain = [run_steps() for _ in range(reps)]
+    patches = {"linear": timed(linear_bucket, mm.linear), "layer_norm": timed("layer_norm", mm.layer_norm),
+               "embed": timed("embed (+ positions)", mm.embed), "check_ids": timed("check_ids", mm.check_ids),
+               "split_heads": timed("split/merge heads", mm.split_heads),
+               "merge_heads": timed("split/merge heads", mm.merge_heads)}
+    originals = {name: getattr(mm, name) for name in patches}
+    activation = mm.ACTIVATIONS[spec.activation]
+    append = mm.KVCache.append
+    instrumented = []
+    try:
+        for name, fn in patches.items():
+            setattr(mm, name, fn)
+        mm.ACTIVATIONS[spec.activation] = timed(f"activation ({spec.activation})", activation)
+        mm.KVCache.append = timed("KV cache append", append)
+        attend = timed("attention kernel (numba, incl. dispatch)", model.attend)
+        for _ in range(reps):
+            instrumented.append((run_steps(attend), dict(buckets)))
+    finally:
+        for name, fn in originals.items():
+            setattr(mm, name, fn)
+        mm.ACTIVATIONS[spec.activation] = activation
+        mm.KVCache.append = append
+    # the rep with the median total, so the components add up to a consistent step
+    total, parts = sorted(instrumented, key=lambda t: t[0])[len(instrumented) // 2]
+    parts = {k: v / len(step_ids) for k, v in parts.items()}
+    # the linear calls inside attention/ffn are nested in no other bucket; everything left is Python glue
+    parts["rest: Python glue, residual adds, logits bias, closures"] = total - sum(parts.values())
+
+    # bare BLAS: the same matvecs and nothing else, in the package's layout (HF [d_out, d_in], used as x @ W.T)
+    # and pre-transposed to contiguous [d_in, d_out] (the ONNX export's own layout, used as x @ W)
+    dec = model.params["decoder"]["layers"]
+    names = [("self_attn", p) for p in ("q_proj", "k_proj", "v_proj", "out_proj")] + \
+            [("encoder_attn", p) for p in ("q_proj", "out_proj")] + [("fc1",), ("fc2",)]
+
+    def weight(layer, path):
+        node = layer
+        for key in path:
+            node = node[key]
+        return node["weight"]
+
+    hf_layout = dec[0]["fc1"]["weight"].shape[0] == d_ff  # False once the package stores [d_in, d_out]
+    as_hf = [[w if hf_layout else np.ascontiguousarray(w.T) for w in (weight(layer, path) for path in names)]
+             for layer in dec]
+    pre_t = [[np.ascontiguousarray(w.T) for w in ws] for ws in as_hf]
+    lm = model.params["lm_head"]["weight"]
+    lm_hf = lm if lm.shape[0] == n_vocab else np.ascontiguousarray(lm.T)
+    lm_t = np.ascontiguousarray(lm_hf.T)
+    inputs = {spec.d_model: np.ones((1, 1, spec.d_model), np.float32), d_ff: np.ones((1, 1, d_ff), np.float32)}
+
+    def bare_layers(layers, transposed):
+        for ws in layers:
+            for w in ws:
+                if transposed:
+                    inputs[w.shape[0]] @ w
+                else:
+                    inputs[w.shape[1]] @ w.T
+
+    def median_of(fn, n=10):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    x = inputs[spec.d_model]
+    bare = {}
+    for _ in range(3):  # interleaved, medians of the medians
+        for key, fn in (("decoder layers' matvecs, W [d_out, d_in] as HF stores it, x @ W.T",
+                         lambda: bare_layers(as_hf, False)),
+                        ("decoder layers' matvecs, Wt [d_in, d_out] pre-transposed, x @ Wt",
+                         lambda: bare_layers(pre_t, True)),
+                        ("lm_head matvec, W [n_vocab, d_model], x @ W.T", lambda: x @ lm_hf.T),
+                        ("lm_head matvec, Wt [d_model, n_vocab] pre-transposed, x @ Wt", lambda: x @ lm_t)):
+            bare.setdefault(key, []).append(median_of(fn))
+    bare = {k: statistics.median(v) for k, v in bare.items()}
+    del pre_t, lm_t, lm_hf
+    layer_bytes = sum(w.nbytes for ws in as_hf for w in ws)
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_steps()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    top = []
+    for (file, line, func), (cc, nc, tt, ct, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:14]:
+        top.append({"function": f"{os.path.basename(file)}:{line}({func})", "calls_per_step": nc / len(step_ids),
+                    "tottime_ms_per_step": 1e3 * tt / len(step_ids), "cumtime_ms_per_step": 1e3 * ct / len(step_ids)})
+    n_calls = sum(nc for (_, _, _), (_, nc, _, _, _) in stats.stats.items()) / len(step_ids)
+    return {"step_ms_uninstrumented": 1e3 * statistics.median(plain), "step_ms_instrumented": 1e3 * total,
+            "components_ms": {k: 1e3 * v for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "bare_blas_ms": {k: 1e3 * v for k, v in bare.items()},
+            "weights_mb_per_step": {"decoder layers": layer_bytes / 1e6, "lm_head": lm.nbytes / 1e6},
+            "layout": "HF [d_out, d_in]" if hf_layout else "pre-transposed [d_in, d_out]",
+            "python_calls_per_step": n_calls, "cprofile_top": top}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def summarize(raw, ours="ours"):
+    rows = {}
+    for name, r in raw.items():
+        rows[name] = {"encoder_ms": median_ms(r["encoder"]), "start_ms": median_ms(r["start"]),
+                      "step_ms": median_ms(r["steps"]), "step0_ms": median_ms(r["step0"]),
+                      "decode64_ms": median_ms(r["total"]), "reps": len(r["total"])}
+    for name, r in raw.items():  # paired: per repetition, ours / this engine, then the median
+        rows[name]["ours_over_this"] = {
+            "encoder": rows[ours]["encoder_ms"] / rows[name]["encoder_ms"],
+            "step": rows[ours]["step_ms"] / rows[name]["step_ms"],
+            "decode64_paired": statistics.median(a / b for a, b in zip(raw[ours]["total"], r["total"]))}
+    return rows
+
+
+def print_report(env, rows, generate, profile, logits_diff):
+    print(f"\nenvironment: {env['cpu']}, {env['cores_usable']}/{env['cores']} cores usable, Python {env['python']}, "
+          f"numpy {env['numpy']} (OpenBLAS {env['openblas_threads']} threads, {env['openblas_core']} kernels), "
+          f"numba {env['numba']}, onnxruntime {env['onnxruntime']}; threads={env['threads']}; "
+          f"load average {env['load_average_start'][0]:.1f} at start, {env['load_average_end'][0]:.1f} at end")
+    print(f"workload: batch 1, {env['n_src']}-token source, {env['n_steps']} forced decode steps; medians in ms; "
+          "ratio = ours / engine (< 1: ours faster)\n")
+    head = ("engine", "encoder", "start", "step", "step 0", f"{env['n_steps']} steps", "reps", "enc ratio", "step ratio",
+            f"{env['n_steps']}-step ratio")
+    print("{:<16}{:>9}{:>8}{:>8}{:>8}{:>10}{:>6}{:>11}{:>12}{:>15}".format(*head))
+    for name, r in rows.items():
+        q = r["ours_over_this"]
+        print("{:<16}{:>9.2f}{:>8.2f}{:>8.2f}{:>8.2f}{:>10.1f}{:>6}{:>11.2f}{:>12.2f}{:>15.2f}".format(
+            name, r["encoder_ms"], r["start_ms"], r["step_ms"], r["step0_ms"], r["decode64_ms"], r["reps"],
+            q["encoder"], q["step"], q["decode64_paired"]))
+    print("  start: ours = Model.start (cross-attention K/V for 6 layers + cache allocation); ORT computes those in "
+          "step 0.\n  64 steps = start + all 64 steps; its ratio is the median of per-repetition ratios.")
+    print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
+    if generate:
+        print("\ngenerate(), ms per generated token (median):")
+        for label in ("greedy", "beam4"):
+            a, b = generate["ms_per_token"][f"ours {label}"], generate["ms_per_token"][f"ort-split {label}"]
+            print(f"  {label:<7} ours {a:7.2f}   ort-split (reference_generate) {b:7.2f}   ratio {a / b:.2f}   "
+                  f"tokens {generate['tokens'][f'ours {label}']}, identical outputs: {generate['identical'][label]}")
+    if profile:
+        p = profile
+        print(f"\nprofile of {p['engine']}'s decode step: {p['step_ms_uninstrumented']:.2f} ms uninstrumented, "
+              f"{p['step_ms_instrumented']:.2f} ms with timers; {p['python_calls_per_step']:.0f} Python-level calls "
+              "per step (cProfile)")
+        for k, v in p["components_ms"].items():
+            print(f"  {v:7.3f} ms  {100 * v / p['step_ms_instrumented']:5.1f}%  {k}")
+        print(f"  bare BLAS, the same matvecs and nothing else (the package stores {p['layout']}):")
+        for k, v in p["bare_blas_ms"].items():
+            print(f"  {v:7.3f} ms  {k}")
+        w = p["weights_mb_per_step"]
+        print(f"  weights read per step: {w['decoder layers']:.1f} MB decoder layers + {w['lm_head']:.1f} MB lm_head")
+        print("  cProfile top by own time (per step):")
+        for t in p["cprofile_top"][:10]:
+            print(f"    {t['tottime_ms_per_step']:7.3f} ms own {t['cumtime_ms_per_step']:7.3f} ms cum "
+                  f"{t['calls_per_step']:6.1f} calls  {t['function']}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--work-dir", default="/tmp/minitransformer-bench", help="where the built model is cached")
+    parser.add_argument("--model-dir", help="benchmark this existing optimum export instead of building one")
+    parser.add_argument("--threads", type=int, default=2, help="numpy/OpenBLAS and ONNX Runtime threads (default 2)")
+    parser.add_argument("--reps", type=int, default=8, help="decode repetitions per engine (default 8)")
+    parser.add_argument("--gen-reps", type=int, default=3, help="generate() repetitions (default 3)")
+    parser.add_argument("--budget", type=float, default=200,
+                        help="seconds for the timed phases (default 200): decode gets 55%%, generate 30%%; repetitions "
+                             "that would overrun are skipped (decode runs 3 at least, generate 1)")
+    parser.add_argument("--src-len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--also", metavar="PKG[,PKG]", default="",
+                        help="also time PKG.load() from these importable copies of the package (e.g. a patched copy "
+                             "on PYTHONPATH), interleaved with the rest")
+    parser.add_argument("--profile-engine", default="ours", help="which of ours / the --also packages to profile")
+    parser.add_argument("--no-raw", action="store_true", help="skip the hand-written session.run loops")
+    parser.add_argument("--no-generate", action="store_true")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help="build the model and stop")
+    parser.add_argument("--json", metavar="PATH", help="also write every result as JSON here ('-' for stdout)")
+    args = parser.parse_args()
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))  # before numpy's first import, which happens below
+    if "numpy" in sys.modules:
+        print("warning: numpy was imported before the thread settings", file=sys.stderr)
+    model_dir = args.model_dir or build_export(args.work_dir, args.seed)
+    if args.build_only:
+        print(model_dir)
+        return
+    import numpy as np
+
+    import minitransformer as mt
+    from minitransformer.reference import OnnxReference
+
+    env = environment(args.threads)
+    t0 = time.perf_counter()
+    model = mt.load(model_dir)
+    env["load_s"] = time.perf_counter() - t0
+    rng = np.random.default_rng(args.seed)
+    spec = model.spec
+    src = rng.integers(1, spec.n_vocab - 1, size=(1, args.src_len), dtype=np.int64)
+    src[0, -1] = model.config.get("eos_token_id", 0)
+    mask = np.ones_like(src)
+    start_id = model.config.get("decoder_start_token_id", spec.pad_token_id)
+    forced = np.concatenate([[start_id], rng.integers(1, spec.n_vocab - 1, size=args.steps - 1)])
+    step_ids = [np.array([[t]], dtype=np.int64) for t in forced]  # built once, before any clock runs
+    env.update(n_src=args.src_len, n_steps=args.steps, model_dir=model_dir)
+
+    ref = OnnxReference(model_dir, optimize=True, threads=args.threads)
+    import importlib
+    extra = [Ours(importlib.import_module(pkg).load(model_dir), src, mask, pkg) for pkg in filter(None, args.also.split(","))]
+    engines = [Ours(model, src, mask), *extra, OrtLoop(ref, "split", src, mask), OrtLoop(ref, "merged", src, mask)]
+    if not args.no_raw:
+        engines += [OrtRaw(ref, "split", src, mask), OrtRaw(ref, "merged", src, mask)]
+    print(f"decode: {len(engines)} engines x {args.reps} reps x {args.steps} steps", file=sys.stderr)
+    raw, logits = bench_decode(engines, step_ids, args.reps, 0.55 * args.budget)
+    rows = summarize(raw)
+    logits_diff = max(float(np.abs(logits["ours"] - logits[e.name]).max()) for e in engines if isinstance(e, OrtLoop))
+
+    generate = None
+    if not args.no_generate:
+        print("generate: greedy and beam 4, ours and ORT", file=sys.stderr)
+        graw, same, lengths = bench_generate(model, ref, src, mask, args.steps, args.gen_reps, 0.3 * args.budget)
+        generate = {"ms_per_token": {k: median_ms(v) for k, v in graw.items()}, "identical": same,
+                    "tokens": lengths, "reps": {k: len(v) for k, v in graw.items()}}
+    profile = None
+    if not args.no_profile:
+        print("profile: our decode step", file=sys.stderr)
+        target = next(e.model for e in engines if e.name == args.profile_engine)
+        profile = profile_decode(target, target.encode(src, mask), mask, step_ids, reps=2)
+        profile["engine"] = args.profile_engine
+    env["load_average_end"] = os.getloadavg()
+    print_report(env, rows, generate, profile, logits_diff)
+    if args.json:
+        result = {"environment": env, "decode": rows, "max_abs_logits_diff": logits_diff,
+                  "generate": generate, "profile": profile,
+                  "raw_seconds": {k: {m: v for m, v in r.items() if m != "steps"} for k, r in raw.items()}}
+        text = json.dumps(result, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+
+
+if __name__ == "__main__":
+    main()
