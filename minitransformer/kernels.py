@@ -42,6 +42,8 @@ def attend(q, k, v, bias, scale):
     # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
     n_batch, n_head, n_tgt, _ = q.shape
     bias = np.broadcast_to(bias, (n_batch, n_head, n_tgt, k.shape[2]))
+    # head-split projections and cache slices are strided views; contiguous copies let LLVM vectorize the loops
+    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
     out = np.empty(q.shape, dtype=np.float32)
     _attend_loops(q, k, v, bias, np.float32(scale), out)
     return out

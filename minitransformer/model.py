@@ -15,7 +15,7 @@ from .errors import ModelError
 from .extract import read_json
 from .families import spec_from_config, tie_groups
 from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
-from .weights import WEIGHTS_FILE, read_safetensors, resolve_ties, unflatten, validate
+from .weights import WEIGHTS_FILE, compute_layout, hf_layout, read_safetensors, resolve_ties, unflatten, validate
 
 
 def norm(x, weight, bias=None, *, spec):  # [..., d_model] -> [..., d_model]
@@ -82,7 +82,7 @@ def logits(x, model, spec):  # [n_batch, n_tgt, d_model] -> [n_batch, n_tgt, n_v
     """lm_head, times d_model^-0.5 when T5 ties its head, plus final_logits_bias (Marian, BART, mBART)."""
     if spec.logits_scale != 1.0:
         x = x * np.float32(spec.logits_scale)
-    y = linear(x, model["lm_head"]["weight"])
+    y = linear(x, **model["lm_head"])
     return y + model["final_logits_bias"] if spec.final_logits_bias else y
 
 
@@ -158,8 +158,9 @@ class Model:
         self.config = config
         self.generation_config = generation_config
         self.manifest = manifest
-        self.tensors = tensors
-        params = unflatten(tensors)
+        laid_out = compute_layout(tensors)   # linear weights transposed once, here
+        self.tensors = hf_layout(laid_out)   # by common slot name in HF's layout, as views of the laid-out arrays
+        params = unflatten(laid_out)
         self.params = {"encoder": params["model"]["encoder"], "decoder": params["model"]["decoder"],
                        "lm_head": params["lm_head"], "final_logits_bias": params.get("final_logits_bias")}
         self.attend = {"numba": kernels.attend, "numpy": attention.attend}[kernel]

@@ -5,8 +5,8 @@ import numba
 import numpy as np
 
 
-def linear(x, weight, bias=None):  # [..., d_in] -> [..., d_out]; weight [d_out, d_in] as HF stores it
-    y = x @ weight.T
+def linear(x, weight_t, bias=None):  # [..., d_in] -> [..., d_out]; weight_t [d_in, d_out], HF's weight transposed
+    y = x @ weight_t
     return y if bias is None else y + bias
 
 

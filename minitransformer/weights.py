@@ -109,6 +109,28 @@ def to_canonical(tensors, spec):
     return {names[common]: tensor for common, tensor in tensors.items()}
 
 
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc1_up", "fc2", "lm_head")
+
+
+def compute_layout(tensors):
+    """HF layout -> the layout the math reads: every linear weight [d_out, d_in] becomes a contiguous
+    `weight_t` [d_in, d_out], so `x @ weight_t` streams rows (a matvec per step reads it once, in order)."""
+    laid_out = {}
+    for name, tensor in tensors.items():
+        parts = name.split(".")
+        if parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_MODULES:
+            laid_out[name + "_t"] = np.ascontiguousarray(tensor.T)
+        else:
+            laid_out[name] = tensor
+    return laid_out
+
+
+def hf_layout(laid_out):
+    """The inverse of compute_layout, as views: no copy is made."""
+    return {name.removesuffix("_t") if name.endswith(".weight_t") else name:
+            tensor.T if name.endswith(".weight_t") else tensor for name, tensor in laid_out.items()}
+
+
 def unflatten(tensors):
     """{"model.encoder.layers.0.fc1.weight": a} -> {"model": {"encoder": {"layers": [{"fc1": {"weight": a}}]}}}."""
     tree = {}

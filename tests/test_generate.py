@@ -1,0 +1,30 @@
+"""Search helpers: top-k selection and the logits processors, against their plain definitions."""
+import numpy as np
+
+from minitransformer.generate import Settings, _top_k, process_logits
+
+
+def test_top_k_equals_a_stable_full_sort_ties_included():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(-5, 5, size=(3, 200)).astype(np.float32)  # many ties
+        scores[0, :50] = -np.inf
+        values, index = _top_k(scores, 8)
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :8]
+        np.testing.assert_array_equal(index, expected)
+        np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
+
+
+def test_processors_ban_repeat_ngrams_bad_words_and_force_bos_then_eos():
+    s = Settings(max_length=6, num_beams=1, decoder_start_token_id=0, eos_token_ids=[2], pad_token_id=1,
+                 bad_words_ids=[[7], [3, 4]], no_repeat_ngram_size=2, forced_bos_token_id=5, forced_eos_token_id=[2],
+                 min_length=4)
+    scores = np.zeros((1, 10), dtype=np.float32)
+    first = process_logits(np.array([[0]]), scores, s)
+    assert first.argmax() == 5 and np.isinf(first).sum() == 9                  # forced bos at step 1
+    later = process_logits(np.array([[0, 5, 3]]), scores, s)
+    assert np.isneginf(later[0, [7, 4, 2]]).all() and np.isfinite(later[0, [3, 6]]).all()  # bad words, min length
+    repeat = process_logits(np.array([[0, 5, 6, 5]]), scores, s)
+    assert np.isneginf(repeat[0, 6]) and np.isfinite(repeat[0, 8])           # "5 6" was seen: no second 6 after 5
+    last = process_logits(np.array([[0, 5, 6, 8, 9]]), scores, s)
+    assert last.argmax() == 2 and np.isinf(last).sum() == 9                  # forced eos at max_length - 1
