@@ -251,4 +251,4 @@ def test_no_pickle_anywhere():
     package = Path(mt.__file__).parent
     for path in list(package.glob("*.py")) + list((package.parent / "tools").glob("*.py")):
         text = path.read_text()
-        assert "import pickle" not in text and "allow_pickle=True" not in text and "torch.load" not in text, path
+        assert not re.search(r"import pickle|allow_pickle=True|(?<![\w.])torch\.load\(", text), path

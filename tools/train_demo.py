@@ -13,7 +13,7 @@ decoding starts at <pad>), save it with save_pretrained, export it with
 MarianTokenizer's ids and PyTorch's greedy generate() outputs, so the numpy runtime and tokenizer can be
 tested against them without torch or transformers.
 
-Training checkpoints go to build/numbers-en-de/ (git-ignored); a rerun resumes from the last one.
+Training checkpoints (safetensors) go to build/numbers-en-de/ (git-ignored); a rerun resumes from the last one.
 Seeds are fixed: the number split, the sentencepiece models, the initial weights and every batch are
 reproducible (batch b is drawn from random.Random(SEED + b)).
 
@@ -34,8 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+import safetensors.torch
 import sentencepiece as spm
 import torch
+from safetensors import safe_open
 from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
 SEED = 20240601
@@ -289,18 +291,34 @@ def learning_rate(step, peak, warmup, total):  # -> float
     return peak * (1 - 0.95 * (step - warmup) / max(1, total - warmup))
 
 
+def save_checkpoint(path, model, optimizer, step):
+    """Model weights, AdamW moments and the step as safetensors (no pickle): resuming continues the same run."""
+    tensors = {f"model.{name}": p.detach().contiguous() for name, p in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optimizer.{index}.{key}": value.contiguous() for key, value in state.items()})
+    safetensors.torch.save_file(tensors, str(path), metadata={"step": str(step)})
+
+
+def load_checkpoint(path, model, optimizer):  # -> step
+    tensors = safetensors.torch.load_file(str(path))
+    model.load_state_dict({name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")})
+    state = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".")
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    with safe_open(str(path), "pt") as f:
+        return int(f.metadata()["step"])
+
+
 def train(model, tokenizer, bands, dev, args):  # -> model, trained in place
     """AdamW with warm-up and linear decay; dev accuracy and a resumable checkpoint every `eval_every` steps."""
-    checkpoint_path = WORK_DIR / "checkpoint.pt"
+    checkpoint_path = WORK_DIR / "checkpoint.safetensors"
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+    step = load_checkpoint(checkpoint_path, model, optimizer) if checkpoint_path.exists() else 0
+    if step:
         log(f"resumed at step {step}")
-    else:
-        step = 0
     model.train()
     started, loss_sum = time.time(), 0.0
     while step < args.steps:
@@ -319,8 +337,7 @@ def train(model, tokenizer, bands, dev, args):  # -> model, trained in place
             log(f"step {step} loss {loss_sum / args.eval_every:.4f} dev {accuracy(dev, texts):.4f} "
                 f"({time.time() - started:.0f}s)")
             loss_sum = 0.0
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                       checkpoint_path)
+            save_checkpoint(checkpoint_path, model, optimizer, step)
     return model
 
 
