@@ -58,34 +58,29 @@ def test_numba_kernel_and_numpy_reference_give_the_same_model(load_fixture, name
         assert (cross[row][..., mask == 0] == 0).all()
 
 
+@pytest.mark.parametrize("num_beams,recorded", [(1, "greedy_ids"), (4, "beam_ids")])
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
-def test_greedy_ids_match_onnxruntime_loop_and_pytorch_generate(load_fixture, name):
+def test_generated_ids_match_pytorch_generate_and_the_onnxruntime_loop(load_fixture, name, num_beams, recorded):
     model, path, torch_out = load_fixture(name)
     input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
     max_new = torch_out["decoder_input_ids"].shape[1]
-    ours = model.generate(input_ids, attention_mask, max_new_tokens=max_new, num_beams=1)
-    np.testing.assert_array_equal(ours, torch_out["greedy_ids"])
-    settings = resolve_settings(model, {"max_new_tokens": max_new, "num_beams": 1})
+    ours = model.generate(input_ids, attention_mask, max_new_tokens=max_new, num_beams=num_beams)
+    np.testing.assert_array_equal(ours, torch_out[recorded])
+    settings = resolve_settings(model, {"max_new_tokens": max_new, "num_beams": num_beams})
     for layout in ("split", "merged"):
-        np.testing.assert_array_equal(reference_generate(OnnxReference(str(path)), settings, input_ids, attention_mask,
-                                                         layout), ours)
-    longest = (ours != model.generation_config["pad_token_id"]).sum(1).max()
-    assert longest >= 32  # at least one row decodes 32 steps or more
-    for row in ours:  # the fixture is not degenerate: at least half its tokens are distinct
-        tokens = row[1:][row[1:] != model.generation_config["pad_token_id"]]
-        assert len(set(tokens.tolist())) >= len(tokens) / 2
+        reference = reference_generate(OnnxReference(str(path)), settings, input_ids, attention_mask, layout)
+        np.testing.assert_array_equal(reference, ours)
 
 
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
-def test_beam_search_ids_match_pytorch_generate(load_fixture, name):
-    model, path, torch_out = load_fixture(name)
-    input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
-    max_new = torch_out["decoder_input_ids"].shape[1]
-    ours = model.generate(input_ids, attention_mask, max_new_tokens=max_new, num_beams=4)
-    np.testing.assert_array_equal(ours, torch_out["beam_ids"])
-    settings = resolve_settings(model, {"max_new_tokens": max_new, "num_beams": 4})
-    np.testing.assert_array_equal(reference_generate(OnnxReference(str(path)), settings, input_ids, attention_mask),
-                                  ours)
+def test_the_fixture_decodes_long_and_varied_outputs(load_fixture, name):
+    """A fixture that repeats one token checks little: one row runs 32 steps or more, every row is half distinct."""
+    model, _, torch_out = load_fixture(name)
+    pad = model.generation_config["pad_token_id"]
+    generated = [row[1:][row[1:] != pad] for row in torch_out["greedy_ids"]]
+    assert max(len(tokens) for tokens in generated) >= 32
+    for tokens in generated:
+        assert len(set(tokens.tolist())) >= len(tokens) / 2
 
 
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
