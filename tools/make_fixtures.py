@@ -8,7 +8,8 @@ Each fixture is one row of FIXTURES. For a row the factory
   5. records PyTorch's logits, greedy and beam outputs and its full state_dict there as safetensors,
   6. checks the exported encoder_model.onnx + decoder_model.onnx against the recorded logits with ONNX Runtime.
 
-Adding a family (BART, mBART, M2M100, T5) means writing one row helper like `opus_mt` and adding rows.
+Families are rows too: `opus_mt` (Marian), `fairseq_mt` and its `bart`, `mbart`, `m2m100` (the BART layout with
+<s> 0, <pad> 1, </s> 2, <unk> 3), and `t5` (v1 and flan). A new family needs a row helper, not new steps.
 
 Usage: python tools/make_fixtures.py [--only NAME]
 """
@@ -16,6 +17,7 @@ Usage: python tools/make_fixtures.py [--only NAME]
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -48,15 +50,23 @@ class FixtureSpec:
     train_lengths: tuple = (3, 20)  # toy source lengths (eos excluded), inclusive
     stride: int = 7  # toy target chains' step; coprime with the number of content ids, so no short cycles
     random_buffers: tuple = ("final_logits_bias",)  # buffers drawn ~ 0.5 N after training (none in M2M100, T5)
+    source_prefix: tuple = ()  # ids every source starts with (a T5 task prompt), outside content_ids
+
+    def __post_init__(self):
+        first, stop = self.content_ids
+        assert math.gcd(self.stride, stop - first) == 1, f"stride {self.stride} shares a factor with {stop - first} ids"
+
+    @property
+    def target_prefix(self):  # -> [] or [forced_bos_token_id]
+        """What every toy target starts with: the forced first token (BART's <s>, a language code), if any."""
+        forced_bos = self.config.get("forced_bos_token_id")
+        return [] if forced_bos is None else [forced_bos]
 
 
-def opus_mt(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, tied, seed):
-    """A MarianMTModel row laid out as Helsinki-NLP OPUS-MT ships it: eos 0, unk 1, pad last, decoding starts at pad."""
-    pad = vocab_size - 1
-    config = dict(
-        model_type="marian",
+def bart_layers(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, max_positions, activation):
+    """The config keys Marian, BART, mBART and M2M100 share: sizes, layer counts, positions, activation."""
+    return dict(
         vocab_size=vocab_size,
-        decoder_vocab_size=vocab_size,  # optimum's export fails when these differ
         d_model=d_model,
         encoder_attention_heads=n_head,
         decoder_attention_heads=n_head,
@@ -64,8 +74,18 @@ def opus_mt(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, t
         decoder_ffn_dim=d_ff,
         encoder_layers=encoder_layers,
         decoder_layers=decoder_layers,
-        max_position_embeddings=128,
-        activation_function="swish",
+        max_position_embeddings=max_positions,
+        activation_function=activation,
+    )
+
+
+def opus_mt(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, tied, seed):
+    """A MarianMTModel row laid out as Helsinki-NLP OPUS-MT ships it: eos 0, unk 1, pad last, decoding starts at pad."""
+    pad = vocab_size - 1
+    config = dict(
+        model_type="marian",
+        **bart_layers(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, 128, "swish"),
+        decoder_vocab_size=vocab_size,  # optimum's export fails when these differ
         scale_embedding=True,
         share_encoder_decoder_embeddings=tied,
         tie_word_embeddings=tied,
@@ -86,6 +106,88 @@ def opus_mt(vocab_size, d_model, n_head, d_ff, encoder_layers, decoder_layers, t
     return FixtureSpec("MarianMTModel", config, generation, content_ids=(2, pad), seed=seed)
 
 
+FAIRSEQ_SPECIALS = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2)  # and <unk> 3: content ids start at 4
+
+
+def fairseq_mt(model_class, model_type, layers, scale_embedding, forced_bos, n_language_codes, generation, seed,
+               train_steps, random_buffers=("final_logits_bias",)):
+    """A BART-layout row (BART, mBART, M2M100): <s> 0, <pad> 1, </s> 2, <unk> 3, decoding starts at </s>, the first
+    token forced to `forced_bos`, the last `n_language_codes` ids kept out of the toy task (they are language codes)."""
+    config = dict(
+        model_type=model_type,
+        **layers,
+        scale_embedding=scale_embedding,
+        **FAIRSEQ_SPECIALS,
+        decoder_start_token_id=2,
+        forced_bos_token_id=forced_bos,
+        forced_eos_token_id=2,
+    )
+    generation = dict(**FAIRSEQ_SPECIALS, decoder_start_token_id=2, forced_eos_token_id=2, **generation)
+    content_ids = (4, layers["vocab_size"] - n_language_codes)
+    return FixtureSpec(model_class, config, generation, content_ids, seed=seed, train_steps=train_steps,
+                       random_buffers=random_buffers)
+
+
+def bart(layers, seed, train_steps=400):
+    """A BartForConditionalGeneration row; generation_config as facebook/bart-large ships it (forced <s>, beam 4,
+    no repeated trigrams, early stopping), with bart-large-cnn's length_penalty 2.0 and a max_length of 64."""
+    generation = dict(forced_bos_token_id=0, num_beams=4, no_repeat_ngram_size=3, early_stopping=True,
+                      length_penalty=2.0, max_length=64)
+    return fairseq_mt("BartForConditionalGeneration", "bart", layers, scale_embedding=False, forced_bos=0,
+                      n_language_codes=0, generation=generation, seed=seed, train_steps=train_steps)
+
+
+def mbart(layers, n_language_codes, seed, train_steps=400):
+    """An MBartForConditionalGeneration row in mBART-50's layout: language codes at the end of the vocabulary, the
+    target language's code forced first (here the first code); generation_config as mbart-large-50 ships it."""
+    target_language = layers["vocab_size"] - n_language_codes
+    generation = dict(forced_bos_token_id=target_language, num_beams=4, early_stopping=True, max_length=64)
+    return fairseq_mt("MBartForConditionalGeneration", "mbart", layers, scale_embedding=True,
+                      forced_bos=target_language, n_language_codes=n_language_codes, generation=generation, seed=seed,
+                      train_steps=train_steps)
+
+
+def m2m100(layers, n_language_codes, seed, train_steps=400):
+    """An M2M100ForConditionalGeneration row: language codes at the end, the target's forced first; sinusoidal
+    positions (a buffer, not in the state_dict) and no final_logits_bias."""
+    target_language = layers["vocab_size"] - n_language_codes
+    generation = dict(forced_bos_token_id=target_language, num_beams=4, early_stopping=True, max_length=64)
+    return fairseq_mt("M2M100ForConditionalGeneration", "m2m_100", layers, scale_embedding=True,
+                      forced_bos=target_language, n_language_codes=n_language_codes, generation=generation, seed=seed,
+                      train_steps=train_steps, random_buffers=())
+
+
+def t5(vocab_size, d_model, d_kv, n_head, d_ff, n_layer, feed_forward_proj, tied, buckets, max_distance, seed,
+       train_steps=400, task_prompt=False):
+    """A T5ForConditionalGeneration row: pad 0 (also the decoder start), eos 1, unk 2; v1 ("relu", tied head scaled
+    by d_model**-0.5) or flan ("gated-gelu", untied). Equal encoder and decoder depth: generate() fails otherwise.
+
+    T5 has no absolute positions, so its encoder finds the first two source tokens (which start the toy chains) only
+    through relative attention; with `task_prompt` every source starts with a prompt token (the last id), as FLAN
+    inputs do, which anchors them and makes the toy task learnable in fewer steps."""
+    config = dict(
+        model_type="t5",
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_kv,
+        num_heads=n_head,
+        d_ff=d_ff,
+        num_layers=n_layer,
+        num_decoder_layers=n_layer,
+        feed_forward_proj=feed_forward_proj,
+        tie_word_embeddings=tied,
+        relative_attention_num_buckets=buckets,
+        relative_attention_max_distance=max_distance,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    generation = dict(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)  # as t5-small and flan-t5-small ship it
+    prompt = (vocab_size - 1,) if task_prompt else ()
+    return FixtureSpec("T5ForConditionalGeneration", config, generation, content_ids=(3, vocab_size - len(prompt)),
+                       seed=seed, train_steps=train_steps, random_buffers=(), source_prefix=prompt)
+
+
 FIXTURES = {
     "marian-opus": opus_mt(
         vocab_size=96, d_model=64, n_head=4, d_ff=128, encoder_layers=6, decoder_layers=6, tied=True, seed=1
@@ -95,6 +197,33 @@ FIXTURES = {
     ),
     "marian-untied": opus_mt(  # separate encoder embedding, decoder embedding and lm_head
         vocab_size=71, d_model=32, n_head=2, d_ff=64, encoder_layers=2, decoder_layers=6, tied=False, seed=3
+    ),
+    "bart-tiny": bart(  # d_head 8, decoder deeper than encoder, learned positions, no embedding scale
+        bart_layers(vocab_size=70, d_model=40, n_head=5, d_ff=72, encoder_layers=2, decoder_layers=3,
+                    max_positions=64, activation="gelu"),
+        seed=4,
+    ),
+    "mbart-tiny": mbart(  # pre-norm, d_head 16, language codes 70..74, the target's (70) forced first
+        bart_layers(vocab_size=75, d_model=48, n_head=3, d_ff=80, encoder_layers=2, decoder_layers=3,
+                    max_positions=64, activation="gelu"),
+        n_language_codes=5,
+        seed=5,
+        train_steps=600,  # at 400 steps one greedy row merges the two chains
+    ),
+    "m2m100-tiny": m2m100(  # d_head 12, relu, language codes 75..79, the target's (75) forced first
+        bart_layers(vocab_size=80, d_model=36, n_head=3, d_ff=64, encoder_layers=2, decoder_layers=3,
+                    max_positions=64, activation="relu"),
+        n_language_codes=5,
+        seed=16,
+        train_steps=600,  # at 400 steps greedy repeats tokens; seed 6 at 800 steps gives beam == greedy on every row
+    ),
+    "t5-v1": t5(  # n_head * d_kv = 36 != d_model 40
+        vocab_size=64, d_model=40, d_kv=12, n_head=3, d_ff=72, n_layer=3, feed_forward_proj="relu", tied=True,
+        buckets=8, max_distance=24, seed=17, train_steps=1000,  # seed 7 records a source whose chains coincide
+    ),
+    "flan-t5-tiny": t5(  # gated-gelu, untied head, n_head * d_kv = 50 != d_model 44; sources start with prompt id 65
+        vocab_size=66, d_model=44, d_kv=10, n_head=5, d_ff=60, n_layer=3, feed_forward_proj="gated-gelu", tied=False,
+        buckets=8, max_distance=20, seed=8, task_prompt=True,
     ),
 }
 
@@ -113,7 +242,8 @@ def randomize_parameters(model):
     """Draw matrices ~ N(0, 1/fan_in), norm gains ~ 1 + 0.2 N, other vectors (biases) ~ 0.2 N.
 
     Frozen parameters are left alone: they are the fixed sinusoid tables (Marian's embed_positions) that HF recomputes
-    on load. A zero bias or a unit gain would hide a kernel that reads the wrong weight.
+    on load; M2M100's table is a buffer and T5 has none. Learned tables (BART's and mBART's embed_positions, T5's
+    relative_attention_bias) are matrices like any other. A zero bias or a unit gain would hide a kernel that reads the wrong weight.
     """
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -158,8 +288,8 @@ def toy_batch(spec, generator):  # -> input_ids, attention_mask [n_batch, n_src]
     lo, hi = spec.train_lengths
     lengths = torch.randint(lo, hi + 1, (spec.train_batch,), generator=generator).tolist()
     sources = [random_content(n, spec, generator) for n in lengths]
-    input_ids, attention_mask = pad_rows([s + [eos] for s in sources], pad)
-    labels, label_mask = pad_rows([toy_target(s, spec) + [eos] for s in sources], pad)
+    input_ids, attention_mask = pad_rows([list(spec.source_prefix) + s + [eos] for s in sources], pad)
+    labels, label_mask = pad_rows([spec.target_prefix + toy_target(s, spec) + [eos] for s in sources], pad)
     return input_ids, attention_mask, labels.masked_fill(label_mask == 0, -100)
 
 
@@ -182,19 +312,21 @@ def train(model, spec):
 
 @torch.no_grad()
 def randomize_buffers(model, names):
-    """Draw the named buffers (Marian's final_logits_bias) ~ 0.5 N after training, so they are never zero."""
+    """Draw the named buffers (final_logits_bias of Marian, BART, mBART) ~ 0.5 N after training, so they are never
+    zero."""
     buffers = dict(model.named_buffers())
     for name in names:
         buffers[name].copy_(0.5 * torch.randn_like(buffers[name]))
 
 
 def recorded_batch(spec):  # -> input_ids, attention_mask [3, n_src]; decoder_input_ids [3, n_tgt]
-    """The recorded inputs: sources of different lengths ending in eos, right-padded; teacher-forced decoder ids
-    that start with the decoder start token and go on with random non-pad tokens."""
+    """The recorded inputs: sources of different lengths (prefix and eos included), right-padded; teacher-forced
+    decoder ids that start with the decoder start token and go on with random non-pad tokens."""
     generator = torch.Generator().manual_seed(spec.seed + 1000)
     eos, pad = spec.config["eos_token_id"], spec.config["pad_token_id"]
     start = spec.config["decoder_start_token_id"]
-    sources = [random_content(n - 1, spec, generator) + [eos] for n in spec.src_lengths]
+    prefix = list(spec.source_prefix)
+    sources = [prefix + random_content(n - 1 - len(prefix), spec, generator) + [eos] for n in spec.src_lengths]
     input_ids, attention_mask = pad_rows(sources, pad)
     non_pad = torch.tensor([i for i in range(spec.config["vocab_size"]) if i != pad])
     picks = torch.randint(0, len(non_pad), (len(sources), spec.n_tgt - 1), generator=generator)
@@ -203,15 +335,18 @@ def recorded_batch(spec):  # -> input_ids, attention_mask [3, n_src]; decoder_in
 
 
 def generate_kwargs(spec):
-    """The exact generate() arguments recorded for greedy and beam search; the rest comes from generation_config."""
+    """The exact generate() arguments recorded for greedy and beam search; the rest comes from generation_config.
+    Beam search records generation_config's length_penalty and early_stopping, which an engine reading
+    generation_config.json uses too."""
+    generation = transformers.GenerationConfig(**spec.generation)
     greedy = dict(num_beams=1, do_sample=False, max_new_tokens=spec.n_tgt)
     beam = dict(
         num_beams=4,
         num_return_sequences=1,
         do_sample=False,
         max_new_tokens=spec.n_tgt,
-        length_penalty=1.0,
-        early_stopping=transformers.GenerationConfig(**spec.generation).early_stopping,
+        length_penalty=generation.length_penalty,
+        early_stopping=generation.early_stopping,
     )
     return {"greedy": greedy, "beam": beam}
 
