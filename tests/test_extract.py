@@ -9,16 +9,17 @@ from safetensors.numpy import load_file
 
 import minitransformer as mt
 from minitransformer.extract import DECODER_FILES, extract, write_extracted
-from minitransformer.families import tie_groups
+from minitransformer.families import spec_from_config, tie_groups
 from minitransformer.ops import sinusoid_table
-from minitransformer.weights import resolve_ties
+from minitransformer.weights import resolve_ties, to_canonical
 
 from conftest import FIXTURES, MARIAN_FIXTURES, MODEL_FIXTURES
 
 
 def _canonical(onnx_dir):
+    """-> ({the family's canonical HF name: tensor}, tied names filled in as PyTorch's state_dict has them; manifest)"""
     config, _, tensors, manifest = extract(str(onnx_dir))
-    return resolve_ties(tensors, tie_groups(config)), manifest
+    return resolve_ties(to_canonical(tensors, spec_from_config(config)), tie_groups(config)), manifest
 
 
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
