@@ -223,7 +223,7 @@ FIXTURES = {
     ),
     "flan-t5-tiny": t5(  # gated-gelu, untied head, n_head * d_kv = 50 != d_model 44; sources start with prompt id 65
         vocab_size=66, d_model=44, d_kv=10, n_head=5, d_ff=60, n_layer=3, feed_forward_proj="gated-gelu", tied=False,
-        buckets=8, max_distance=20, seed=8, task_prompt=True,
+        buckets=8, max_distance=20, seed=18, train_steps=1200, task_prompt=True,  # slow learner: collapses the chains
     ),
 }
 
