@@ -47,7 +47,7 @@ class FixtureSpec:
     train_steps: int = 400
     warmup_steps: int = 50
     train_batch: int = 32
-    train_lengths: tuple = (3, 20)  # toy source lengths (eos excluded), inclusive
+    train_lengths: tuple = (3, 20)  # toy source lengths (prefix and eos excluded), inclusive
     stride: int = 7  # toy target chains' step; coprime with the number of content ids, so no short cycles
     random_buffers: tuple = ("final_logits_bias",)  # buffers drawn ~ 0.5 N after training (none in M2M100, T5)
     source_prefix: tuple = ()  # ids every source starts with (a T5 task prompt), outside content_ids
@@ -164,7 +164,7 @@ def t5(vocab_size, d_model, d_kv, n_head, d_ff, n_layer, feed_forward_proj, tied
 
     T5 has no absolute positions, so its encoder finds the first two source tokens (which start the toy chains) only
     through relative attention; with `task_prompt` every source starts with a prompt token (the last id), as FLAN
-    inputs do, which anchors them and makes the toy task learnable in fewer steps."""
+    inputs do, an anchor next to the first content token."""
     config = dict(
         model_type="t5",
         vocab_size=vocab_size,
@@ -243,7 +243,8 @@ def randomize_parameters(model):
 
     Frozen parameters are left alone: they are the fixed sinusoid tables (Marian's embed_positions) that HF recomputes
     on load; M2M100's table is a buffer and T5 has none. Learned tables (BART's and mBART's embed_positions, T5's
-    relative_attention_bias) are matrices like any other. A zero bias or a unit gain would hide a kernel that reads the wrong weight.
+    relative_attention_bias) are matrices like any other. A zero bias or a unit gain would hide a kernel that reads
+    the wrong weight.
     """
     for name, p in model.named_parameters():
         if not p.requires_grad:
