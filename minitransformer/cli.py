@@ -8,9 +8,10 @@ import json
 import os
 import sys
 
-import numpy as np
 
 from .errors import ModelError
+from .tokenizer import pad_rows
+from .verify import LOGITS_TOLERANCE, PRESENT_TOLERANCE
 
 
 def _ids(text, flag="--input-ids"):
@@ -26,13 +27,7 @@ def _ids(text, flag="--input-ids"):
 def padded_batch(rows, pad_token_id):  # list of id lists -> input_ids, attention_mask [n_batch, max_len], right-padded
     if not rows:
         raise ModelError("empty batch: give at least one input")
-    width = max(len(row) for row in rows)
-    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = row
-        attention_mask[i, :len(row)] = 1
-    return input_ids, attention_mask
+    return pad_rows(rows, pad_token_id)
 
 
 def _positive(text):
@@ -189,8 +184,8 @@ def build_parser():
     verify.add_argument("--layout", choices=["split", "merged", "both"], default="both",
                         help="decoder graphs: decoder_model + decoder_with_past, or decoder_model_merged")
     verify.add_argument("--input-ids", action="append", metavar="IDS", help="sources (default: a seeded batch of 3)")
-    verify.add_argument("--logits-tolerance", type=_tolerance, default=1e-4)
-    verify.add_argument("--present-tolerance", type=_tolerance, default=1e-5)
+    verify.add_argument("--logits-tolerance", type=_tolerance, default=LOGITS_TOLERANCE)
+    verify.add_argument("--present-tolerance", type=_tolerance, default=PRESENT_TOLERANCE)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=cmd_verify)
 

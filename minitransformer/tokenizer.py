@@ -73,6 +73,17 @@ def special_token_names(config, path):  # tokenizer_config.json -> {"eos_token":
     return names
 
 
+def pad_rows(rows, pad_id):  # list of n_batch id lists -> input_ids, attention_mask int64 [n_batch, max_len]
+    """Right-pad rows of token ids with pad_id, as MarianTokenizer(..., padding=True) does."""
+    width = max((len(row) for row in rows), default=0)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = row
+        attention_mask[i, :len(row)] = 1
+    return input_ids, attention_mask
+
+
 @dataclass(frozen=True)
 class Tokenizer:
     """Source-side encoding and target-side decoding of one OPUS-MT tokenizer directory."""
@@ -149,14 +160,7 @@ class Tokenizer:
 
     def encode_batch(self, texts):  # list[str] -> (int64 [n_batch, n_src], int64 [n_batch, n_src])
         """Right-padded input_ids and attention_mask, as MarianTokenizer(texts, padding=True)."""
-        rows = self.encode(texts)
-        n_src = max((len(row) for row in rows), default=0)
-        input_ids = np.full((len(rows), n_src), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), n_src), dtype=np.int64)
-        for i, row in enumerate(rows):
-            input_ids[i, :len(row)] = row
-            attention_mask[i, :len(row)] = 1
-        return input_ids, attention_mask
+        return pad_rows(self.encode(texts), self.pad_id)
 
     def decode(self, ids):  # [n_tgt] ints -> str
         """Target text of generated ids, as MarianTokenizer.decode(ids, skip_special_tokens=True)."""

@@ -51,6 +51,11 @@ def _ours(state, name):
     return key if kind == "key" else value
 
 
+def _max_abs_delta(ours, theirs):
+    """max |ours - theirs|; arrays of different shapes are infinitely far apart."""
+    return float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("inf")
+
+
 def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split", "merged"), threads=None):
     """-> (max |Δ| of the encoder output, [StepReport per layout and step])."""
     input_ids = check_ids(input_ids, "input_ids", model.spec)
@@ -70,8 +75,7 @@ def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split
         for step in range(n_steps):
             ref_logits, presents = loop.step(tokens)
             our_logits = model.decode_step(state, tokens)
-            deltas = {name: float(np.abs(_ours(state, name) - array).max()) if _ours(state, name).shape == array.shape
-                      else float("inf") for name, array in presents.items()}
+            deltas = {name: _max_abs_delta(_ours(state, name), array) for name, array in presents.items()}
             worst = max(deltas, key=deltas.get)
             ref_next = ref_logits[:, -1].argmax(axis=-1)
             reports.append(StepReport(layout, step, float(np.abs(our_logits - ref_logits).max()), deltas[worst], worst,
