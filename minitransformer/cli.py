@@ -8,7 +8,6 @@ import json
 import os
 import sys
 
-
 from .errors import ModelError
 from .tokenizer import pad_rows
 from .verify import LOGITS_TOLERANCE, PRESENT_TOLERANCE
