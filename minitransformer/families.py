@@ -196,3 +196,28 @@ def canonical_names(spec, common_names):
     if spec.model_type != "t5":
         return {name: name for name in common_names}
     return {name: _t5_name(name, spec.gated_ffn) for name in common_names}
+
+
+_T5_SUBLAYER = {"self_attn": "0.SelfAttention", "encoder_attn": "1.EncDecAttention"}
+
+
+def module_name(spec, common):
+    """A module boundary's common name (`model.decoder.layers.3.self_attn`) -> the family's HF module name.
+
+    T5: `decoder.block.3.layer.0.SelfAttention`; a sublayer's norm is `layer.K.layer_norm`; the feed-forward
+    output (`fc2`) is `layer.K.DenseReluDense`; the stack's final norm is `final_layer_norm`."""
+    if spec.model_type != "t5" or common == "lm_head":
+        return common
+    parts = common.removeprefix("model.").split(".")
+    stack = parts[0]
+    if parts[1] != "layers":  # embed_tokens, layer_norm
+        return f"{stack}.final_layer_norm" if parts[1] == "layer_norm" else f"{stack}.{parts[1]}"
+    i, slot = parts[2], parts[3]
+    ffn_sublayer = 1 if stack == "encoder" else 2
+    if slot in _T5_SUBLAYER:
+        return f"{stack}.block.{i}.layer.{_T5_SUBLAYER[slot]}"
+    if slot == "fc2":
+        return f"{stack}.block.{i}.layer.{ffn_sublayer}.DenseReluDense"
+    if slot == "final_layer_norm":
+        return f"{stack}.block.{i}.layer.{ffn_sublayer}.layer_norm"
+    return f"{stack}.block.{i}.layer.{_T5_SUBLAYER[slot.removesuffix('_layer_norm')].split('.')[0]}.layer_norm"

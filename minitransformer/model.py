@@ -13,7 +13,8 @@ from . import attention, kernels
 from .cache import CrossKV, KVCache
 from .errors import ModelError
 from .extract import read_json
-from .families import spec_from_config, tie_groups
+from .families import module_name, spec_from_config, tie_groups
+from .observe import Recorder, named
 from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
 from .weights import WEIGHTS_FILE, compute_layout, hf_layout, read_safetensors, resolve_ties, unflatten, validate
 
@@ -24,10 +25,16 @@ def norm(x, weight, bias=None, *, spec):  # [..., d_model] -> [..., d_model]
     return layer_norm(x, weight, bias, spec.norm_eps)
 
 
-def residual(x, sublayer, norm_params, spec):  # [n_batch, n, d_model] -> [n_batch, n, d_model]
+def seen(observe, name, value):  # -> value, shown to the observer (if any) under the module name `name`
+    if observe is not None:
+        observe.output(name, value)
+    return value
+
+
+def residual(x, sublayer, norm_params, spec, observe=None, norm_name=None):  # [n_batch, n, d_model] -> same
     if spec.norm_position == "pre":  # mBART, M2M100, T5
-        return x + sublayer(norm(x, **norm_params, spec=spec))
-    return norm(x + sublayer(x), **norm_params, spec=spec)  # Marian, BART
+        return x + sublayer(seen(observe, norm_name, norm(x, **norm_params, spec=spec)))
+    return seen(observe, norm_name, norm(x + sublayer(x), **norm_params, spec=spec))  # Marian, BART
 
 
 def positions_of(ids, n_past, spec):  # [n_batch, n] -> [n_batch, n] absolute positions
@@ -36,15 +43,16 @@ def positions_of(ids, n_past, spec):  # [n_batch, n] -> [n_batch, n] absolute po
     return np.broadcast_to(n_past + np.arange(ids.shape[1]), ids.shape)
 
 
-def embed(ids, positions, stack, spec):  # ids, positions [n_batch, n] -> [n_batch, n, d_model]
+def embed(ids, positions, stack, spec, observe=None, root=""):  # ids, positions [n_batch, n] -> [n_batch, n, d_model]
     """Token embedding times embed_scale, plus position vectors, then layernorm_embedding (BART, mBART)."""
     x = stack["embed_tokens"]["weight"][ids] * np.float32(spec.embed_scale)
     if spec.positions == "table":  # Marian (sinusoids stored as a table), BART, mBART (learned, offset 2)
         x = x + stack["embed_positions"]["weight"][positions + spec.position_offset]
     elif spec.positions == "sinusoid_padded":  # M2M100, NLLB
         x = x + padded_sinusoids(positions, spec.d_model, spec.pad_token_id)
+    seen(observe, f"{root}.embed_tokens", x)
     if spec.layernorm_embedding:
-        x = norm(x, **stack["layernorm_embedding"], spec=spec)
+        x = seen(observe, f"{root}.layernorm_embedding", norm(x, **stack["layernorm_embedding"], spec=spec))
     return x
 
 
@@ -78,43 +86,60 @@ def project_kv(x, attn, n_head):  # [n_batch, n, d_model] -> 2 x [n_batch, n_hea
     return split_heads(linear(x, **attn["k_proj"]), n_head), split_heads(linear(x, **attn["v_proj"]), n_head)
 
 
-def logits(x, model, spec):  # [n_batch, n_tgt, d_model] -> [n_batch, n_tgt, n_vocab]
+def logits(x, model, spec, observe=None):  # [n_batch, n_tgt, d_model] -> [n_batch, n_tgt, n_vocab]
     """lm_head, times d_model^-0.5 when T5 ties its head, plus final_logits_bias (Marian, BART, mBART)."""
     if spec.logits_scale != 1.0:
         x = x * np.float32(spec.logits_scale)
     y = linear(x, **model["lm_head"])
-    return y + model["final_logits_bias"] if spec.final_logits_bias else y
+    return seen(observe, "lm_head", y + model["final_logits_bias"] if spec.final_logits_bias else y)
 
 
-def encoder_layer(x, layer, bias, spec, attend):  # [n_batch, n_src, d_model] -> same
+def attend_seen(attend, observe, name, q, k, v, bias, scale):
+    # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
+    """`attend`, or, when the observer wants the probabilities, the numpy reference that shows them."""
+    if observe is None or not observe.wants_probs:
+        return attend(q, k, v, bias, scale)
+    probs = attention.attention_probs(q, k, bias, scale)  # [n_batch, n_head, n_tgt, n_k]
+    observe.probs(name, probs)
+    return probs @ v
+
+
+def encoder_layer(x, layer, bias, spec, attend, observe=None, prefix=""):  # [n_batch, n_src, d_model] -> same
     def self_attention(h):
         attn = layer["self_attn"]
         q = split_heads(linear(h, **attn["q_proj"]), spec.n_head_encoder)   # [n_batch, n_head, n_src, d_head]
         k, v = project_kv(h, attn, spec.n_head_encoder)
-        return linear(merge_heads(attend(q, k, v, bias, spec.scale_for_attention())), **attn["out_proj"])
+        y = attend_seen(attend, observe, f"{prefix}.self_attn", q, k, v, bias, spec.scale_for_attention())
+        return seen(observe, f"{prefix}.self_attn", linear(merge_heads(y), **attn["out_proj"]))
 
-    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec)
-    return residual(x, lambda h: ffn(h, layer, spec), layer["final_layer_norm"], spec)
+    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec, observe, f"{prefix}.self_attn_layer_norm")
+    return residual(x, lambda h: seen(observe, f"{prefix}.fc2", ffn(h, layer, spec)), layer["final_layer_norm"], spec,
+                    observe, f"{prefix}.final_layer_norm")
 
 
-def decoder_layer(x, i, layer, state, self_bias, spec, attend):  # [n_batch, n_tgt, d_model] -> same
+def decoder_layer(x, i, layer, state, self_bias, spec, attend, observe=None):  # [n_batch, n_tgt, d_model] -> same
     n_head, scale = spec.n_head_decoder, spec.scale_for_attention()
+    prefix = f"model.decoder.layers.{i}"
 
     def self_attention(h):
         attn = layer["self_attn"]
         q = split_heads(linear(h, **attn["q_proj"]), n_head)                # [n_batch, n_head, n_tgt, d_head]
         k_all, v_all = state.cache.append(i, *project_kv(h, attn, n_head))  # [n_batch, n_head, n_k, d_head]
-        return linear(merge_heads(attend(q, k_all, v_all, self_bias, scale)), **attn["out_proj"])
+        y = attend_seen(attend, observe, f"{prefix}.self_attn", q, k_all, v_all, self_bias, scale)
+        return seen(observe, f"{prefix}.self_attn", linear(merge_heads(y), **attn["out_proj"]))
 
     def cross_attention(h):
         attn = layer["encoder_attn"]
         q = split_heads(linear(h, **attn["q_proj"]), n_head)                # [n_batch, n_head, n_tgt, d_head]
         k, v = state.cross.view(i)                                          # [n_batch, n_head, n_src, d_head]
-        return linear(merge_heads(attend(q, k, v, state.cross_bias, scale)), **attn["out_proj"])
+        y = attend_seen(attend, observe, f"{prefix}.encoder_attn", q, k, v, state.cross_bias, scale)
+        return seen(observe, f"{prefix}.encoder_attn", linear(merge_heads(y), **attn["out_proj"]))
 
-    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec)
-    x = residual(x, cross_attention, layer["encoder_attn_layer_norm"], spec)
-    return residual(x, lambda h: ffn(h, layer, spec), layer["final_layer_norm"], spec)
+    x = residual(x, self_attention, layer["self_attn_layer_norm"], spec, observe, f"{prefix}.self_attn_layer_norm")
+    x = residual(x, cross_attention, layer["encoder_attn_layer_norm"], spec, observe,
+                 f"{prefix}.encoder_attn_layer_norm")
+    return residual(x, lambda h: seen(observe, f"{prefix}.fc2", ffn(h, layer, spec)), layer["final_layer_norm"], spec,
+                    observe, f"{prefix}.final_layer_norm")
 
 
 @dataclass
@@ -170,20 +195,21 @@ class Model:
             raise ModelError(f"{what}: {n} positions exceed the model's max_position_embeddings "
                              f"{self.spec.max_positions}")
 
-    def encode(self, input_ids, attention_mask=None, attend=None):
+    def encode(self, input_ids, attention_mask=None, attend=None, observer=None):
         # input_ids, attention_mask [n_batch, n_src] -> [n_batch, n_src, d_model]
         spec, stack = self.spec, self.params["encoder"]
+        observe = named(observer, spec)
         input_ids = check_ids(input_ids, "input_ids", spec)
         attention_mask = check_mask(attention_mask, input_ids)
         self._check_length(input_ids.shape[1], "input_ids")
         n_src = input_ids.shape[1]
-        x = embed(input_ids, positions_of(input_ids, 0, spec), stack, spec)
+        x = embed(input_ids, positions_of(input_ids, 0, spec), stack, spec, observe, "model.encoder")
         bias = (attention.padding_bias(attention_mask)                     # [n_batch, 1 or n_head, n_src, n_src]
                 + position_bias(stack, spec, np.arange(n_src), n_src, True))
-        for layer in stack["layers"]:
-            x = encoder_layer(x, layer, bias, spec, attend or self.attend)
+        for i, layer in enumerate(stack["layers"]):
+            x = encoder_layer(x, layer, bias, spec, attend or self.attend, observe, f"model.encoder.layers.{i}")
         if spec.final_layer_norm:
-            x = norm(x, **stack["layer_norm"], spec=spec)
+            x = seen(observe, "model.encoder.layer_norm", norm(x, **stack["layer_norm"], spec=spec))
         return x
 
     def start(self, encoder_hidden, attention_mask, max_len):
@@ -198,41 +224,44 @@ class Model:
         cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, max_len, spec.d_head)
         return DecoderState(cache, cross_kv, attention.padding_bias(mask))
 
-    def decode_step(self, state, decoder_input_ids, attend=None):
+    def decode_step(self, state, decoder_input_ids, attend=None, observer=None):
         # decoder_input_ids [n_batch, n_tgt] -> logits [n_batch, n_tgt, n_vocab]; appends n_tgt cache slots
         spec, stack = self.spec, self.params["decoder"]
+        observe = named(observer, spec)
         ids = check_ids(decoder_input_ids, "decoder_input_ids", spec)
         n_past, n_tgt = state.cache.n_past, ids.shape[1]
         if n_past + n_tgt > state.cache.max_len:
             raise ModelError(f"decoder_input_ids: {n_past + n_tgt} target positions asked for, the decoder state "
                              f"holds {state.cache.max_len}")
-        x = embed(ids, positions_of(ids, n_past, spec), stack, spec)
+        x = embed(ids, positions_of(ids, n_past, spec), stack, spec, observe, "model.decoder")
         query_positions = n_past + np.arange(n_tgt)
         self_bias = (attention.causal_bias(n_past, n_tgt)                  # [1, 1 or n_head, n_tgt, n_k]
                      + position_bias(stack, spec, query_positions, n_past + n_tgt, False))
         for i, layer in enumerate(stack["layers"]):
-            x = decoder_layer(x, i, layer, state, self_bias, spec, attend or self.attend)
+            x = decoder_layer(x, i, layer, state, self_bias, spec, attend or self.attend, observe)
         state.cache.commit(n_tgt)
         if spec.final_layer_norm:
-            x = norm(x, **stack["layer_norm"], spec=spec)
-        return logits(x, self.params, spec)
+            x = seen(observe, "model.decoder.layer_norm", norm(x, **stack["layer_norm"], spec=spec))
+        return logits(x, self.params, spec, observe)
 
-    def forward(self, input_ids, attention_mask, decoder_input_ids, output_attentions=False):
+    def forward(self, input_ids, attention_mask, decoder_input_ids, output_attentions=False, observer=None):
         """Teacher-forced logits [n_batch, n_tgt, n_vocab], all target positions in one call.
 
         With output_attentions, also returns {"encoder"|"decoder_self"|"decoder_cross": [probs per layer]},
         each [n_batch, n_head, n_query, n_key], computed by the readable numpy reference.
         """
-        probs = []
-        attend = _recording_attend(probs) if output_attentions else self.attend
-        encoder_hidden = self.encode(input_ids, attention_mask, attend)
+        if output_attentions:
+            observer = observer or Recorder(probs=True, keep_outputs=False)
+            if not (isinstance(observer, Recorder) and observer.wants_probs):
+                raise ModelError("forward: output_attentions=True records with a Recorder(probs=True); "
+                                 f"got observer {type(observer).__name__}")
+        encoder_hidden = self.encode(input_ids, attention_mask, observer=observer)
         decoder_input_ids = check_ids(decoder_input_ids, "decoder_input_ids", self.spec)
         state = self.start(encoder_hidden, attention_mask, decoder_input_ids.shape[1])
-        result = self.decode_step(state, decoder_input_ids, attend)
+        result = self.decode_step(state, decoder_input_ids, observer=observer)
         if not output_attentions:
             return result
-        n_enc = self.spec.n_layer_encoder  # calls came in order: encoder layers, then (self, cross) per decoder layer
-        return result, {"encoder": probs[:n_enc], "decoder_self": probs[n_enc::2], "decoder_cross": probs[n_enc + 1::2]}
+        return result, attention_maps(observer, self.spec)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=None, num_beams=None, **generation_kwargs):
         """int64 [n_batch, 1 + n_new] as HF generate() lays it out: decoder start first, pad after eos."""
@@ -241,12 +270,15 @@ class Model:
                         **generation_kwargs)
 
 
-def _recording_attend(probs):
-    """An attend function that also appends each call's attention probabilities to `probs`."""
-    def attend(q, k, v, bias, scale):
-        probs.append(attention.attention_probs(q, k, bias, scale))
-        return probs[-1] @ v
-    return attend
+def attention_maps(recorder, spec, call=-1):
+    """A Recorder's attention probabilities of one call (the last by default), grouped as `forward` returns them:
+    {"encoder"|"decoder_self"|"decoder_cross": [probs per layer, each [n_batch, n_head, n_query, n_key]]}."""
+    def probs(common):
+        return recorder.attentions[module_name(spec, common)][call]
+
+    return {"encoder": [probs(f"model.encoder.layers.{i}.self_attn") for i in range(spec.n_layer_encoder)],
+            "decoder_self": [probs(f"model.decoder.layers.{i}.self_attn") for i in range(spec.n_layer_decoder)],
+            "decoder_cross": [probs(f"model.decoder.layers.{i}.encoder_attn") for i in range(spec.n_layer_decoder)]}
 
 
 def load(path, kernel="numba"):
