@@ -12,10 +12,10 @@ from .errors import ModelError
 class KVCache:
     """Preallocated, append-only (no ring): slot t holds the keys and values of target position t."""
 
-    def __init__(self, n_layer, n_batch, n_head, max_len, d_head):
+    def __init__(self, n_layer, n_batch, n_head, max_len, d_head, dtype=np.float32):
         shape = (n_layer, n_batch, n_head, max_len, d_head)
-        self.key = np.zeros(shape, dtype=np.float32)    # [n_layer, n_batch, n_head, max_len, d_head]
-        self.value = np.zeros(shape, dtype=np.float32)  # [n_layer, n_batch, n_head, max_len, d_head]
+        self.key = np.zeros(shape, dtype=dtype)    # [n_layer, n_batch, n_head, max_len, d_head]
+        self.value = np.zeros(shape, dtype=dtype)  # [n_layer, n_batch, n_head, max_len, d_head]
         self.n_past = 0  # positions committed by finished steps
 
     @property

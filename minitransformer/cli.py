@@ -1,6 +1,6 @@
 """minitransformer extract | generate | verify | translate.
 
-Exit status: 0 done (verify: all within tolerance), 1 verify found a mismatch, 2 bad input (one line on
+Exit status: 0 done (verify: every output within the verdict rule), 1 verify found a mismatch, 2 bad input (one line on
 stderr naming the file, tensor or argument).
 """
 import argparse
@@ -10,7 +10,7 @@ import sys
 
 from .errors import ModelError
 from .tokenizer import pad_rows
-from .verify import LOGITS_TOLERANCE, PRESENT_TOLERANCE
+from .verdict import FACTOR
 
 
 def _ids(text, flag="--input-ids"):
@@ -39,13 +39,13 @@ def _positive(text):
     return value
 
 
-def _tolerance(text):
+def _factor(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text}")
     return value
 
 
@@ -70,6 +70,14 @@ def cmd_generate(args):
     return 0
 
 
+def _judged(j):  # Judgement -> "ORT 1.2e-06, ours 9.8e-07, threshold 4.9e-05, margin 41"
+    return f"ORT {j.deviation:.2g}, ours {j.yardstick:.2g}, threshold {j.threshold:.2g}, margin {j.margin:.3g}"
+
+
+def _tokens(verdicts):  # per-row token verdicts -> "same", "near-tie" or "DIFFER"
+    return "DIFFER" if "differ" in verdicts else "near-tie" if "near-tie" in verdicts else "same"
+
+
 def cmd_verify(args):
     from .model import load
     from .reference import LAYOUTS
@@ -81,21 +89,28 @@ def cmd_verify(args):
     else:
         input_ids, attention_mask = default_sources(model.spec)
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
-    encoder_delta, reports = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts)
-    result = summary(encoder_delta, reports, args.logits_tolerance, args.present_tolerance)
+    comparison = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts, factor=args.factor)
+    result = summary(comparison)
     if args.json:
         print(json.dumps(result, indent=1))
-    else:
-        print(f"encoder output: max |Δ| {encoder_delta:.3g}")
-        print(f"{'layout':8} {'step':>4} {'max|Δlogits|':>13} {'max|Δpresent|':>14}  tokens  worst present")
-        for r in reports:
-            flag = "" if r.within(args.logits_tolerance, args.present_tolerance) else "  <-- out of tolerance"
-            print(f"{r.layout:8} {r.step:4d} {r.max_abs_logits:13.3g} {r.max_abs_present:14.3g}  "
-                  f"{'same' if r.tokens_agree else 'DIFF':6}  {r.worst_present}{flag}")
-        verdict = "OK" if result["ok"] else "MISMATCH"
-        print(f"{verdict}: worst |Δlogits| {result['max_abs_logits']:.3g} (tolerance {args.logits_tolerance:g}), "
-              f"worst |Δpresent| {result['max_abs_present']:.3g} (tolerance {args.present_tolerance:g}), "
-              f"tokens {'identical' if result['tokens_agree'] else 'differ'}")
+        return 0 if result["ok"] else 1
+    print(f"deviations are rms distances from the float64 evaluation; threshold = {args.factor:g} x ours "
+          f"(at least {args.factor:g} x 2^-24 x rms of the values); margin = threshold / ONNX Runtime's deviation")
+    print(f"encoder last_hidden_state: {_judged(comparison.encoder)}")
+    print(f"{'layout':8} {'step':>4}  {'logits: ORT':>11} {'ours':>8} {'thresh':>8} {'margin':>7}  "
+          f"{'worst present':24} {'ORT':>8} {'ours':>8} {'thresh':>8} {'margin':>7}  tokens")
+    for r in comparison.steps:
+        lg, pr = r.logits, r.worst_present
+        flag = "" if r.ok else "  <-- fails the rule"
+        print(f"{r.layout:8} {r.step:4d}  {lg.deviation:11.2g} {lg.yardstick:8.2g} {lg.threshold:8.2g} {lg.margin:7.3g}  "
+              f"{pr.name:24} {pr.deviation:8.2g} {pr.yardstick:8.2g} {pr.threshold:8.2g} {pr.margin:7.3g}  "
+              f"{_tokens(r.tokens)}{flag}")
+    layout, step, worst = comparison.worst()
+    where = "" if layout is None else f" ({layout}, step {step})"
+    ties = f", {result['near_ties']} near-tie(s)" if result["near_ties"] else ""
+    tokens = f"{result['tokens_differ']} token(s) differ" if result["tokens_differ"] else "tokens agree"
+    print(f"{'OK' if result['ok'] else 'MISMATCH'}: worst output {worst.name}{where}: {_judged(worst)}; "
+          f"{tokens}{ties}")
     return 0 if result["ok"] else 1
 
 
@@ -183,8 +198,9 @@ def build_parser():
     verify.add_argument("--layout", choices=["split", "merged", "both"], default="both",
                         help="decoder graphs: decoder_model + decoder_with_past, or decoder_model_merged")
     verify.add_argument("--input-ids", action="append", metavar="IDS", help="sources (default: a seeded batch of 3)")
-    verify.add_argument("--logits-tolerance", type=_tolerance, default=LOGITS_TOLERANCE)
-    verify.add_argument("--present-tolerance", type=_tolerance, default=PRESENT_TOLERANCE)
+    verify.add_argument("--factor", type=_factor, default=FACTOR,
+                        help="the verdict rule's factor: an output fails when ONNX Runtime's rms deviation from "
+                             "float64 exceeds factor x ours (default: %(default)g, calibrated in the README)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(run=cmd_verify)
 

@@ -188,7 +188,21 @@ class Model:
         params = unflatten(laid_out)
         self.params = {"encoder": params["model"]["encoder"], "decoder": params["model"]["decoder"],
                        "lm_head": params["lm_head"], "final_logits_bias": params.get("final_logits_bias")}
-        self.attend = {"numba": kernels.attend, "numpy": attention.attend}[kernel]
+        self.kernel = kernel
+        # the numba kernel is float32 only; another dtype (the float64 arbiter) takes the readable numpy reference
+        self.attend = kernels.attend if kernel == "numba" and self.dtype == np.float32 else attention.attend
+
+    @property
+    def dtype(self):
+        return self.params["lm_head"]["weight_t"].dtype
+
+    def astype(self, dtype):
+        """The same model computing in `dtype`: float64 is the arbiter, the graph's function without float32 rounding.
+
+        One compute path: the weights' dtype decides the arithmetic of every op; constants stay float32 values."""
+        cast = {}  # tied names share one array, so they share its copy
+        tensors = {name: cast.setdefault(id(t), t.astype(dtype)) for name, t in self.tensors.items()}
+        return Model(self.spec, tensors, self.config, self.generation_config, self.manifest, self.kernel)
 
     def _check_length(self, n, what):
         if self.spec.positions == "table" and n > self.spec.max_positions:
@@ -221,7 +235,7 @@ class Model:
         cross = [project_kv(encoder_hidden, layer["encoder_attn"], spec.n_head_decoder)
                  for layer in self.params["decoder"]["layers"]]
         cross_kv = CrossKV(np.stack([k for k, _ in cross]), np.stack([v for _, v in cross]))
-        cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, max_len, spec.d_head)
+        cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, max_len, spec.d_head, self.dtype)
         return DecoderState(cache, cross_kv, attention.padding_bias(mask))
 
     def decode_step(self, state, decoder_input_ids, attend=None, observer=None):
@@ -281,8 +295,15 @@ def attention_maps(recorder, spec, call=-1):
             "decoder_cross": [probs(f"model.decoder.layers.{i}.encoder_attn") for i in range(spec.n_layer_decoder)]}
 
 
-def load(path, kernel="numba"):
-    """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`."""
+def load(path, kernel="numba", dtype="float32"):
+    """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`.
+
+    dtype "float64" gives the float64 evaluation of the same weights (`Model.astype`)."""
+    model = _load(path, kernel)
+    return model if np.dtype(dtype) == model.dtype else model.astype(dtype)
+
+
+def _load(path, kernel):
     if not os.path.isdir(path):
         raise ModelError(f"{path}: not a directory")
     weights_path = os.path.join(path, WEIGHTS_FILE)

@@ -1,4 +1,8 @@
-"""Elementwise and row-wise building blocks, in float32 numpy. No weights are looked up here."""
+"""Elementwise and row-wise building blocks in numpy. No weights are looked up here.
+
+The arrays' dtype decides the arithmetic (float32 normally, float64 for the arbiter); constants are float32
+values, as the exported graphs hold them, so a float64 pass evaluates the same function more exactly.
+"""
 import math
 
 import numba
@@ -32,9 +36,9 @@ def relu(x):
     return np.maximum(x, np.float32(0.0))
 
 
-@numba.vectorize(["float32(float32)"], cache=True)
-def gelu(x):  # exact gelu, 0.5 x (1 + erf(x / sqrt 2)); numpy has no erf, so numba supplies it
-    return np.float32(0.5 * x * (1.0 + math.erf(x * 0.7071067811865476)))
+@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def gelu(x):  # exact gelu, 0.5 x (1 + erf(x / sqrt 2)); numpy has no erf, so numba supplies it (in float64)
+    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
 
 
 def gelu_tanh(x):  # "gelu_new": the tanh approximation, as HF NewGELUActivation (T5 gated-gelu)

@@ -3,30 +3,52 @@
 Both engines encode the same sources independently and then decode the same tokens: at every step
 each is fed the token ONNX Runtime chose, so a divergence cannot hide behind diverged inputs.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ModelError
 from .model import check_ids, check_mask
 from .reference import OnnxReference
-
-LOGITS_TOLERANCE = 1e-4
-PRESENT_TOLERANCE = 1e-5
+from .verdict import FACTOR, judge, token_verdict
 
 
 @dataclass
 class StepReport:
+    """One decode step of one layout: every output judged by the rule, and the chosen tokens."""
     layout: str
     step: int
-    max_abs_logits: float
-    max_abs_present: float       # over every present.N.{decoder,encoder}.{key,value}
-    worst_present: str           # the present.* output where that maximum is
-    tokens_agree: bool           # our argmax equals ONNX Runtime's in every row
+    outputs: list              # [Judgement]: logits first, then every present.N.{decoder,encoder}.{key,value}
+    tokens: list               # per row, ONNX Runtime's chosen token against float64's: same / near-tie / differ
+    our_tokens: list           # per row, our float32 engine's chosen token against float64's
 
-    def within(self, logits_tolerance, present_tolerance):
-        return (self.max_abs_logits <= logits_tolerance and self.max_abs_present <= present_tolerance
-                and self.tokens_agree)
+    @property
+    def logits(self):
+        return self.outputs[0]
+
+    @property
+    def worst_present(self):
+        return min(self.outputs[1:], key=lambda j: j.margin)
+
+    @property
+    def ok(self):
+        return all(j.ok for j in self.outputs) and "differ" not in self.tokens
+
+
+@dataclass
+class Comparison:
+    encoder: object            # Judgement of the encoder output (last_hidden_state)
+    steps: list = field(default_factory=list)  # [StepReport] per layout and step
+
+    @property
+    def ok(self):
+        return self.encoder.ok and all(r.ok for r in self.steps)
+
+    def judgements(self):  # -> [(layout, step, Judgement)], the encoder's first (layout and step None)
+        return [(None, None, self.encoder)] + [(r.layout, r.step, j) for r in self.steps for j in r.outputs]
+
+    def worst(self):  # -> (layout, step, Judgement) with the smallest margin
+        return min(self.judgements(), key=lambda item: item[2].margin)
 
 
 def default_sources(spec, n_batch=3, seed=0):
@@ -51,47 +73,52 @@ def _ours(state, name):
     return key if kind == "key" else value
 
 
-def _max_abs_delta(ours, theirs):
-    """max |ours - theirs|; arrays of different shapes are infinitely far apart."""
-    return float(np.abs(ours - theirs).max()) if ours.shape == theirs.shape else float("inf")
-
-
-def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split", "merged"), threads=None):
-    """-> (max |Δ| of the encoder output, [StepReport per layout and step])."""
+def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split", "merged"), threads=None,
+            factor=FACTOR):
+    """Three engines on the same sources: ONNX Runtime running the export, our float32 engine and its float64
+    evaluation (the arbiter). Each encodes independently; at every step all three are fed the token ONNX Runtime
+    chose, so a divergence cannot hide behind diverged inputs. -> Comparison, every output judged by the rule."""
     input_ids = check_ids(input_ids, "input_ids", model.spec)
     attention_mask = check_mask(attention_mask, input_ids)
     if n_steps < 1:
         raise ModelError(f"--steps must be at least 1, got {n_steps}")
     reference = OnnxReference(onnx_dir, threads=threads)
-    ours_hidden = model.encode(input_ids, attention_mask)
-    ref_hidden = reference.encode(input_ids, attention_mask)
-    encoder_delta = float(np.abs(ours_hidden - ref_hidden).max())
+    exact_model = model.astype(np.float64)
+    hidden = {"ort": reference.encode(input_ids, attention_mask), "ours": model.encode(input_ids, attention_mask),
+              "exact": exact_model.encode(input_ids, attention_mask)}
+    comparison = Comparison(judge("encoder last_hidden_state", hidden["ort"], hidden["exact"], hidden["ours"], factor))
     start = model.generation_config.get("decoder_start_token_id", model.config.get("decoder_start_token_id"))
-    reports = []
     for layout in layouts:
-        loop = reference.decoder(layout, ref_hidden, attention_mask)
-        state = model.start(ours_hidden, attention_mask, n_steps)
+        loop = reference.decoder(layout, hidden["ort"], attention_mask)
+        state = model.start(hidden["ours"], attention_mask, n_steps)
+        exact_state = exact_model.start(hidden["exact"], attention_mask, n_steps)
         tokens = np.full((input_ids.shape[0], 1), start, dtype=np.int64)
         for step in range(n_steps):
-            ref_logits, presents = loop.step(tokens)
-            our_logits = model.decode_step(state, tokens)
-            deltas = {name: _max_abs_delta(_ours(state, name), array) for name, array in presents.items()}
-            worst = max(deltas, key=deltas.get)
-            ref_next = ref_logits[:, -1].argmax(axis=-1)
-            reports.append(StepReport(layout, step, float(np.abs(our_logits - ref_logits).max()), deltas[worst], worst,
-                                      bool((our_logits[:, -1].argmax(axis=-1) == ref_next).all())))
-            tokens = ref_next[:, None]
-    return encoder_delta, reports
+            ort_logits, presents = loop.step(tokens)
+            ours, exact = model.decode_step(state, tokens), exact_model.decode_step(exact_state, tokens)
+            outputs = [judge("logits", ort_logits, exact, ours, factor)]
+            outputs += [judge(name, array, _ours(exact_state, name), _ours(state, name), factor)
+                        for name, array in presents.items()]
+            chosen = ort_logits[:, -1].argmax(axis=-1)
+            band = outputs[0].threshold  # the logits' rounding band: two tokens closer than this may swap
+            comparison.steps.append(StepReport(
+                layout, step, outputs, token_verdict(chosen, exact[:, -1], band),
+                token_verdict(ours[:, -1].argmax(axis=-1), exact[:, -1], band)))
+            tokens = chosen[:, None]
+    return comparison
 
 
-def summary(encoder_delta, reports, logits_tolerance=LOGITS_TOLERANCE, present_tolerance=PRESENT_TOLERANCE):
-    """A dict for --json: the worst figures and every step's (the encoder output is held to the logits tolerance)."""
+def summary(comparison):
+    """A dict for --json: the verdict, the worst output, the encoder and every step's judgements."""
+    layout, step, worst = comparison.worst()
     return {
-        "ok": all(r.within(logits_tolerance, present_tolerance) for r in reports) and encoder_delta <= logits_tolerance,
-        "encoder_max_abs": encoder_delta,
-        "max_abs_logits": max(r.max_abs_logits for r in reports),
-        "max_abs_present": max(r.max_abs_present for r in reports),
-        "tokens_agree": all(r.tokens_agree for r in reports),
-        "tolerances": {"logits": logits_tolerance, "present": present_tolerance},
-        "steps": [asdict(r) for r in reports],
+        "ok": comparison.ok,
+        "rule": {"factor": comparison.encoder.factor,
+                 "threshold": "factor * max(rms(ours - float64), 2**-24 * rms(float64))"},
+        "worst": {"layout": layout, "step": step, **worst.as_dict()},
+        "encoder": comparison.encoder.as_dict(),
+        "near_ties": sum(r.tokens.count("near-tie") for r in comparison.steps),
+        "tokens_differ": sum(r.tokens.count("differ") for r in comparison.steps),
+        "steps": [{"layout": r.layout, "step": r.step, "ok": r.ok, "tokens": r.tokens, "our_tokens": r.our_tokens,
+                   "outputs": [j.as_dict() for j in r.outputs]} for r in comparison.steps],
     }

@@ -204,7 +204,8 @@ def test_bad_generation_settings(load_fixture):
     (["generate", "DIR", "--input-ids", "5 0", "--max-new-tokens", "-2"], r"--max-new-tokens: expected a positive"),
     (["generate", "DIR", "--input-ids", "5 0", "--num-beams", "x"], r"--num-beams: expected a positive integer"),
     (["verify", "DIR", "--layout", "sideways"], r"--layout: invalid choice"),
-    (["verify", "DIR", "--logits-tolerance", "nan"], r"--logits-tolerance: expected a non-negative number"),
+    (["verify", "DIR", "--factor", "nan"], r"--factor: expected a finite number >= 1"),
+    (["verify", "DIR", "--factor", "0.5"], r"--factor: expected a finite number >= 1"),
     (["frobnicate"], r"invalid choice: 'frobnicate'"),
 ])
 def test_bad_cli_flags(capsys, flags, pattern):
