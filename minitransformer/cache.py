@@ -6,28 +6,38 @@ The cache only stores; it never does math.
 """
 import numpy as np
 
-from .errors import ModelError
-
 
 class KVCache:
-    """Preallocated, append-only (no ring): slot t holds the keys and values of target position t."""
+    """Append-only (no ring): slot t holds the keys and values of target position t.
 
-    def __init__(self, n_layer, n_batch, n_head, max_len, d_head, dtype=np.float32):
-        shape = (n_layer, n_batch, n_head, max_len, d_head)
-        self.key = np.zeros(shape, dtype=dtype)    # [n_layer, n_batch, n_head, max_len, d_head]
-        self.value = np.zeros(shape, dtype=dtype)  # [n_layer, n_batch, n_head, max_len, d_head]
+    `capacity` slots are allocated up front; an append past them reallocates to twice the length needed
+    and copies the filled slots, so a huge generation limit costs memory only for the tokens produced."""
+
+    def __init__(self, n_layer, n_batch, n_head, capacity, d_head, dtype=np.float32):
+        shape = (n_layer, n_batch, n_head, max(1, capacity), d_head)
+        self.key = np.zeros(shape, dtype=dtype)    # [n_layer, n_batch, n_head, capacity, d_head]
+        self.value = np.zeros(shape, dtype=dtype)  # [n_layer, n_batch, n_head, capacity, d_head]
         self.n_past = 0  # positions committed by finished steps
 
     @property
-    def max_len(self):
+    def capacity(self):
         return self.key.shape[3]
+
+    def _grow(self, end):
+        """Reallocate to 2 * end slots; every slot written so far keeps its contents."""
+        shape = self.key.shape[:3] + (2 * end,) + self.key.shape[4:]
+        filled = slice(0, self.capacity)
+        for name in ("key", "value"):
+            grown = np.zeros(shape, dtype=self.key.dtype)  # [n_layer, n_batch, n_head, 2 * end, d_head]
+            grown[:, :, :, filled] = getattr(self, name)
+            setattr(self, name, grown)
 
     def append(self, layer, k, v):
         # k, v [n_batch, n_head, n_tgt, d_head] -> slots [n_past, n_past + n_tgt) of `layer`;
         # returns that layer's keys and values so far, [n_batch, n_head, n_past + n_tgt, d_head] each
         end = self.n_past + k.shape[2]
-        if end > self.max_len:
-            raise ModelError(f"KV cache full: {end} positions asked for, it holds {self.max_len}")
+        if end > self.capacity:
+            self._grow(end)
         self.key[layer, :, :, self.n_past:end] = k
         self.value[layer, :, :, self.n_past:end] = v
         return self.key[layer, :, :, :end], self.value[layer, :, :, :end]

@@ -230,13 +230,23 @@ def _top_k(scores, k):  # [n_batch, n] -> values, indices [n_batch, k], largest 
     return np.take_along_axis(scores, index, axis=1), index
 
 
+INITIAL_WIDTH = 64  # beam search's token buffers: positions allocated up front, doubled as needed
+
+
+def _widen(sequences, fill, max_length):  # [n_batch, k, width] -> [n_batch, k, min(2 * width, max_length)]
+    width = min(2 * sequences.shape[2], max_length)
+    wider = np.full(sequences.shape[:2] + (width,), fill, dtype=sequences.dtype)
+    wider[:, :, :sequences.shape[2]] = sequences
+    return wider
+
+
 def _beam_search(stepper, n_batch, s):
     """HF's vectorized beam search: running beams, finished beams, early-stop heuristic."""
     n_beams, max_length = s.num_beams, s.max_length
     keep = max(2, 1 + len(s.eos_token_ids)) * n_beams
     top_beam_mask = np.arange(keep) < n_beams
     fill = s.pad_token_id if s.pad_token_id else (s.eos_token_ids[0] if s.eos_token_ids else -1)
-    running = np.full((n_batch, n_beams, max_length), fill, dtype=np.int64)
+    running = np.full((n_batch, n_beams, min(max_length, INITIAL_WIDTH)), fill, dtype=np.int64)  # widened later
     running[:, :, 0] = s.decoder_start_token_id
     finished = running.copy()
     running_scores = np.zeros((n_batch, n_beams), dtype=np.float32)
@@ -247,6 +257,8 @@ def _beam_search(stepper, n_batch, s):
     improvable = np.ones((n_batch, 1), dtype=bool)
     cur_len = 1
     while True:
+        if cur_len == running.shape[2]:  # [n_batch, k, width] -> [n_batch, k, 2 * width], as the KV cache grows
+            running, finished = _widen(running, fill, max_length), _widen(finished, fill, max_length)
         flat = running[:, :, :cur_len].reshape(n_batch * n_beams, cur_len)
         step_logits = stepper.step(flat[:, -1:])                                # [n_batch * n_beams, n_vocab]
         log_probs = process_logits(flat, log_softmax(step_logits), s)
@@ -254,7 +266,7 @@ def _beam_search(stepper, n_batch, s):
         log_probs = log_probs.reshape(n_batch, n_beams, n_vocab) + running_scores[:, :, None]
         top_scores, top_index = _top_k(log_probs.reshape(n_batch, n_beams * n_vocab), keep)  # [n_batch, keep]
         top_beam = top_index // n_vocab
-        top_sequences = _gather(running, top_beam)                              # [n_batch, keep, max_length]
+        top_sequences = _gather(running, top_beam)                              # [n_batch, keep, width]
         top_sequences[:, :, cur_len] = top_index % n_vocab
         hits_stop = np.isin(top_sequences[:, :, cur_len], s.eos_token_ids) | (cur_len + 1 >= max_length)
         # the best num_beams continuations that did not stop run on
@@ -288,5 +300,5 @@ def _beam_search(stepper, n_batch, s):
         open_beams = not (is_finished.all() and s.early_stopping is True)
         if not (improvable.any() and open_beams and not hits_stop.all()):
             break
-    best_sequences = finished[:, 0]                                             # [n_batch, max_length]
+    best_sequences = finished[:, 0]                                             # [n_batch, width]
     return best_sequences[:, :1 + int(finished_lengths[:, 0].max())]

@@ -18,6 +18,8 @@ from .observe import Recorder, named
 from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
 from .weights import WEIGHTS_FILE, compute_layout, hf_layout, read_safetensors, resolve_ties, unflatten, validate
 
+INITIAL_CACHE_LEN = 256  # target positions allocated up front; the cache doubles past them
+
 
 def norm(x, weight, bias=None, *, spec):  # [..., d_model] -> [..., d_model]
     if spec.norm_kind == "rms":  # T5
@@ -191,6 +193,9 @@ class Model:
         self.kernel = kernel
         # the numba kernel is float32 only; another dtype (the float64 arbiter) takes the readable numpy reference
         self.attend = kernels.attend if kernel == "numba" and self.dtype == np.float32 else attention.attend
+        self.path = None    # the directory `load` read, where the tokenizer files are
+        self.loaded = None  # what `load` read the weights from: model.safetensors or the ONNX graphs
+        self._tokenizer = None
 
     @property
     def dtype(self):
@@ -202,7 +207,25 @@ class Model:
         One compute path: the weights' dtype decides the arithmetic of every op; constants stay float32 values."""
         cast = {}  # tied names share one array, so they share its copy
         tensors = {name: cast.setdefault(id(t), t.astype(dtype)) for name, t in self.tensors.items()}
-        return Model(self.spec, tensors, self.config, self.generation_config, self.manifest, self.kernel)
+        model = Model(self.spec, tensors, self.config, self.generation_config, self.manifest, self.kernel)
+        model.path, model.loaded = self.path, self.loaded
+        return model
+
+    @property
+    def tokenizer(self):
+        """The tokenizer shipped beside the model (tokenizer.json, or OPUS-MT's sentencepiece files)."""
+        if self._tokenizer is None:
+            if self.path is None:
+                raise ModelError("this model was not loaded from a directory: it has no tokenizer")
+            from .tokenizer import Tokenizer
+            self._tokenizer = Tokenizer.from_dir(self.path, self.spec.n_vocab)
+        return self._tokenizer
+
+    def translate(self, texts, src_lang=None, tgt_lang=None, batch_size=32, **generation):
+        """list of sentences -> list of translations, through self.tokenizer and generate()."""
+        from .translate import translate_texts
+        return translate_texts(self, self.tokenizer, texts, batch_size, src_lang=src_lang, tgt_lang=tgt_lang,
+                               **generation)[0]
 
     def _check_length(self, n, what):
         if self.spec.positions == "table" and n > self.spec.max_positions:
@@ -227,15 +250,16 @@ class Model:
         return x
 
     def start(self, encoder_hidden, attention_mask, max_len):
-        """A fresh decoder state for `max_len` target positions; cross-attention K/V computed once here."""
+        """A fresh decoder state; cross-attention K/V computed once here. The self-attention cache starts with
+        room for min(max_len, INITIAL_CACHE_LEN) target positions and grows as steps append."""
         spec = self.spec
         n_batch = encoder_hidden.shape[0]
-        self._check_length(max_len, "requested target length")
         mask = check_mask(attention_mask, np.ones(encoder_hidden.shape[:2], dtype=np.int64))
         cross = [project_kv(encoder_hidden, layer["encoder_attn"], spec.n_head_decoder)
                  for layer in self.params["decoder"]["layers"]]
         cross_kv = CrossKV(np.stack([k for k, _ in cross]), np.stack([v for _, v in cross]))
-        cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, max_len, spec.d_head, self.dtype)
+        capacity = min(max_len, INITIAL_CACHE_LEN)
+        cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, capacity, spec.d_head, self.dtype)
         return DecoderState(cache, cross_kv, attention.padding_bias(mask))
 
     def decode_step(self, state, decoder_input_ids, attend=None, observer=None):
@@ -244,9 +268,7 @@ class Model:
         observe = named(observer, spec)
         ids = check_ids(decoder_input_ids, "decoder_input_ids", spec)
         n_past, n_tgt = state.cache.n_past, ids.shape[1]
-        if n_past + n_tgt > state.cache.max_len:
-            raise ModelError(f"decoder_input_ids: {n_past + n_tgt} target positions asked for, the decoder state "
-                             f"holds {state.cache.max_len}")
+        self._check_length(n_past + n_tgt, "decoder_input_ids: target positions")
         x = embed(ids, positions_of(ids, n_past, spec), stack, spec, observe, "model.decoder")
         query_positions = n_past + np.arange(n_tgt)
         self_bias = (attention.causal_bias(n_past, n_tgt)                  # [1, 1 or n_head, n_tgt, n_k]
@@ -296,7 +318,8 @@ def attention_maps(recorder, spec, call=-1):
 
 
 def load(path, kernel="numba", dtype="float32"):
-    """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`.
+    """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`;
+    model.safetensors is read when present (model.loaded says which).
 
     dtype "float64" gives the float64 evaluation of the same weights (`Model.astype`)."""
     model = _load(path, kernel)
@@ -314,9 +337,14 @@ def _load(path, kernel):
         tensors = validate(resolve_ties(tensors, tie_groups(config)), spec, source=weights_path)
         generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
         manifest = read_json(os.path.join(path, "manifest.json"), required=False)
-        return Model(spec, tensors, config, generation_config, manifest, kernel)
-    if any(name.endswith(".onnx") for name in os.listdir(path)):
+        model = Model(spec, tensors, config, generation_config, manifest, kernel)
+        model.loaded = WEIGHTS_FILE
+    elif any(name.endswith(".onnx") for name in os.listdir(path)):
         from .extract import extract
         config, generation_config, tensors, manifest = extract(path)
-        return Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel)
-    raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor an ONNX export found (not a model directory)")
+        model = Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel)
+        model.loaded = "ONNX graphs"
+    else:
+        raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor an ONNX export found (not a model directory)")
+    model.path = path
+    return model

@@ -170,12 +170,11 @@ def test_input_ids_outside_the_vocabulary(capsys):
                    *generate_args(FIXTURES / NAME, "five"))
 
 
-def test_source_and_requested_length_beyond_the_positions(capsys):
+def test_a_source_beyond_the_positions(capsys):
+    """(A generation limit beyond them is fine: it stops at eos, tests/test_first_hour.py.)"""
     max_pos = json.loads((FIXTURES / NAME / "config.json").read_text())["max_position_embeddings"]
     assert_refused(capsys, rf"input_ids: {max_pos + 1} positions exceed the model's max_position_embeddings {max_pos}",
                    *generate_args(FIXTURES / NAME, " ".join(["5"] * (max_pos + 1))))
-    code, line = run_cli(capsys, "generate", FIXTURES / NAME, "--input-ids", "5 0", "--max-new-tokens", max_pos + 5)
-    assert code == 2 and re.search(rf"{max_pos + 5} positions exceed the model's max_position_embeddings", line)
 
 
 def test_empty_input_and_empty_batch(capsys, load_fixture):
@@ -233,18 +232,30 @@ def test_a_failed_extract_leaves_the_previous_output_intact(tmp_path, capsys, mo
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging dir, no half-written file
 
 
-def test_the_cache_never_writes_past_its_end(load_fixture):
-    cache = KVCache(n_layer=1, n_batch=1, n_head=2, max_len=3, d_head=4)
-    kv = np.ones((1, 2, 2, 4), dtype=np.float32)
-    cache.append(0, kv, kv)
-    cache.commit(2)
-    with pytest.raises(mt.ModelError, match=r"KV cache full: 4 positions asked for, it holds 3"):
-        cache.append(0, kv, kv)
-    assert cache.key[0, 0, 0, 2].sum() == 0  # the slot past what was committed stays untouched
+def test_the_cache_grows_append_only_and_keeps_every_slot():
+    cache = KVCache(n_layer=2, n_batch=1, n_head=2, capacity=3, d_head=4)
+    rng = np.random.default_rng(0)
+    written = []
+    for n_tgt in (2, 1, 3, 1):  # 2 fits, 3 fills, 6 grows to 12, 7 fits
+        k, v = rng.standard_normal((2, 1, 2, n_tgt, 4), dtype=np.float32)
+        for layer in range(2):
+            cache.append(layer, k, v)
+        cache.commit(n_tgt)
+        written.append((k, v))
+    assert cache.n_past == 7 and cache.capacity == 12
+    key, value = cache.view(1)
+    np.testing.assert_array_equal(key, np.concatenate([k for k, _ in written], axis=2))
+    np.testing.assert_array_equal(value, np.concatenate([v for _, v in written], axis=2))
+    assert not cache.key[:, :, :, 7:].any()  # nothing written past what was committed
+
+
+def test_a_table_position_limit_is_one_line(load_fixture):
     model = load_fixture(NAME)[0]
-    state = model.start(model.encode(np.array([[5, 0]])), None, 2)
-    model.decode_step(state, np.array([[model.spec.pad_token_id, 5]]))
-    with pytest.raises(mt.ModelError, match=r"3 target positions asked for, the decoder state holds 2"):
+    n = model.spec.max_positions
+    state = model.start(model.encode(np.array([[5, 0]])), None, 1)
+    model.decode_step(state, np.full((1, n), 5))  # every position of the table
+    with pytest.raises(mt.ModelError, match=rf"target positions: {n + 1} positions exceed the model's "
+                                            rf"max_position_embeddings {n}"):
         model.decode_step(state, np.array([[6]]))
 
 
