@@ -1,7 +1,10 @@
 """minitransformer extract | generate | verify | translate.
 
-Exit status: 0 done (verify: every output within the verdict rule), 1 verify found a mismatch, 2 bad input (one line on
-stderr naming the file, tensor or argument).
+Exit status: 0 done (verify: every output within the verdict rule), 1 verify found a mismatch, 2 bad input (one
+line on stderr, `minitransformer: error: ...`, naming the file, tensor or argument).
+
+--json prints one JSON object per call, the same envelope for every command (see `envelope`).
+Only argparse and the standard library are imported at start; numpy, numba and onnx load with the command.
 """
 import argparse
 import json
@@ -9,8 +12,29 @@ import os
 import sys
 
 from .errors import ModelError
-from .tokenizer import pad_rows
-from .verdict import FACTOR
+
+PROG = "minitransformer"
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "numbers-en-de")
+
+
+def envelope(command, model, results, **fields):  # -> the --json object of every command
+    """{"command", "model": {"dir", "loaded"}, ...command-specific fields..., "results": [one entry per input]}.
+
+    generate and translate: one result per source, in input order, `output_ids` as generate() returns the row
+    (decoder start first) up to and including the first eos, never padded. verify: one result per decode step."""
+    return {"command": command, "model": {"dir": model.path, "loaded": model.loaded}, **fields, "results": results}
+
+
+def print_json(obj):
+    print(json.dumps(obj, ensure_ascii=False))
+
+
+class Parser(argparse.ArgumentParser):
+    """Every usage error, of the main command or a subcommand, as `minitransformer: error: ...` with exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{PROG}: error: {message}\n")
 
 
 def _ids(text, flag="--input-ids"):
@@ -24,6 +48,7 @@ def _ids(text, flag="--input-ids"):
 
 
 def padded_batch(rows, pad_token_id):  # list of id lists -> input_ids, attention_mask [n_batch, max_len], right-padded
+    from .tokenizer import pad_rows
     if not rows:
         raise ModelError("empty batch: give at least one input")
     return pad_rows(rows, pad_token_id)
@@ -49,6 +74,17 @@ def _factor(text):
     return value
 
 
+def load_model(path, note=True):
+    """mt.load; with `note`, a line on stderr when the directory holds both model.safetensors and ONNX graphs
+    (translate says it in --json only: the shipped demo holds both)."""
+    from .model import load
+    model = load(path)
+    if note and model.loaded == "model.safetensors" and any(name.endswith(".onnx") for name in os.listdir(path)):
+        print(f"{PROG}: note: {path} holds model.safetensors and ONNX graphs; loaded model.safetensors",
+              file=sys.stderr)
+    return model
+
+
 def cmd_extract(args):
     from .extract import write_extracted
     manifest = write_extracted(args.onnx_dir, args.out_dir)
@@ -58,14 +94,20 @@ def cmd_extract(args):
 
 
 def cmd_generate(args):
-    from .model import load
-    model = load(args.model_dir)
-    input_ids, attention_mask = padded_batch([_ids(t) for t in args.input_ids], model.spec.pad_token_id)
-    output = model.generate(input_ids, attention_mask, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    from .generate import resolve_settings
+    from .translate import trim
+    model = load_model(args.model_dir)
+    sources = [_ids(t) for t in args.input_ids]
+    input_ids, attention_mask = padded_batch(sources, model.spec.pad_token_id)
+    generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    output = model.generate(input_ids, attention_mask, **generation)
+    eos_ids = resolve_settings(model, generation).eos_token_ids
+    rows = [trim(row, eos_ids) for row in output]
     if args.json:
-        print(json.dumps({"input_ids": input_ids.tolist(), "output_ids": output.tolist()}))
+        print_json(envelope("generate", model, [{"input_ids": source, "output_ids": row}
+                                                for source, row in zip(sources, rows)]))
     else:
-        for row in output:
+        for row in rows:
             print(" ".join(str(t) for t in row))
     return 0
 
@@ -79,23 +121,28 @@ def _tokens(verdicts):  # per-row token verdicts -> "same", "near-tie" or "DIFFE
 
 
 def cmd_verify(args):
-    from .model import load
     from .reference import LAYOUTS
+    from .verdict import FACTOR
     from .verify import compare, default_sources, summary
-    model = load(args.model_dir)
+    factor = FACTOR if args.factor is None else args.factor
     onnx_dir = args.onnx or args.model_dir
+    if not os.path.exists(os.path.join(onnx_dir, "encoder_model.onnx")) and os.path.isdir(onnx_dir):
+        hint = " (an extracted directory: name the export to compare with, --onnx ONNX_DIR)" if not args.onnx else ""
+        raise ModelError(f"{os.path.join(onnx_dir, 'encoder_model.onnx')}: file not found{hint}")
+    model = load_model(args.model_dir)
     if args.input_ids:
         input_ids, attention_mask = padded_batch([_ids(t) for t in args.input_ids], model.spec.pad_token_id)
     else:
         input_ids, attention_mask = default_sources(model.spec)
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
-    comparison = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts, factor=args.factor)
+    comparison = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts, factor=factor)
     result = summary(comparison)
     if args.json:
-        print(json.dumps(result, indent=1))
+        steps = result.pop("steps")
+        print_json(envelope("verify", model, steps, onnx_dir=onnx_dir, **result))
         return 0 if result["ok"] else 1
-    print(f"deviations are rms distances from the float64 evaluation; threshold = {args.factor:g} x ours "
-          f"(at least {args.factor:g} x 2^-24 x rms of the values); margin = threshold / ONNX Runtime's deviation")
+    print(f"deviations are rms distances from the float64 evaluation; threshold = {factor:g} x ours "
+          f"(at least {factor:g} x 2^-24 x rms of the values); margin = threshold / ONNX Runtime's deviation")
     print(f"encoder last_hidden_state: {_judged(comparison.encoder)}")
     print(f"{'layout':8} {'step':>4}  {'logits: ORT':>11} {'ours':>8} {'thresh':>8} {'margin':>7}  "
           f"{'worst present':24} {'ORT':>8} {'ours':>8} {'thresh':>8} {'margin':>7}  tokens")
@@ -112,9 +159,6 @@ def cmd_verify(args):
     print(f"{'OK' if result['ok'] else 'MISMATCH'}: worst output {worst.name}{where}: {_judged(worst)}; "
           f"{tokens}{ties}")
     return 0 if result["ok"] else 1
-
-
-DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "numbers-en-de")
 
 
 def _read_sentences(source):
@@ -137,82 +181,103 @@ def _progress(done, total):
         print(file=sys.stderr)
 
 
-def translate_texts(model, tokenizer, texts, batch_size, show_progress=False, **generation):
-    """-> (translations, output ids) in input order; similar lengths are batched together, empty lines stay empty."""
-    translations, outputs = [""] * len(texts), [[] for _ in texts]
-    todo = sorted((i for i, text in enumerate(texts) if text.strip()), key=lambda i: len(texts[i]))
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        input_ids, attention_mask = tokenizer.encode_batch([texts[i] for i in batch])
-        for i, row in zip(batch, model.generate(input_ids, attention_mask, **generation)):
-            outputs[i] = row.tolist()
-            translations[i] = tokenizer.decode(row)
-        if show_progress:
-            _progress(min(start + batch_size, len(todo)), len(todo))
-    return translations, outputs
+def _check_not_a_path(text):
+    """A sentence that names a file or directory, or a slash-separated word, is a mistyped --model."""
+    looks_like_path = not any(c.isspace() for c in text) and ("/" in text or os.sep in text)
+    if text and (os.path.exists(text) or looks_like_path):
+        raise ModelError(f"{text}: looks like a path, not a sentence; name the model with --model DIR "
+                         f"(a sentence with a slash: give it with -i FILE)")
 
 
 def cmd_translate(args):
-    from .model import load
-    from .tokenizer import Tokenizer
-    words = list(args.words)
-    model_dir = words.pop(0) if words and os.path.isdir(words[0]) else DEMO_MODEL
-    texts = words + (_read_sentences(args.input) if args.input else [])
+    for text in args.texts:
+        _check_not_a_path(text)
+    texts = list(args.texts) + (_read_sentences(args.input) if args.input else [])
     if not texts:
         raise ModelError("nothing to translate: give sentences as arguments or with -i FILE (- for stdin)")
-    model = load(model_dir)
-    tokenizer = Tokenizer.from_dir(model_dir)
-    show_progress = not args.no_progress and len(texts) > args.batch_size and sys.stderr.isatty()
-    translations, outputs = translate_texts(model, tokenizer, texts, args.batch_size, show_progress,
+    from .translate import translate_texts
+    model = load_model(args.model, note=False)
+    progress = _progress if not args.no_progress and len(texts) > args.batch_size and sys.stderr.isatty() else None
+    translations, outputs = translate_texts(model, model.tokenizer, texts, args.batch_size, progress,
+                                            src_lang=args.src_lang, tgt_lang=args.tgt_lang,
                                             max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     if args.json:
-        print(json.dumps([{"source": s, "translation": t, "output_ids": ids}
-                          for s, t, ids in zip(texts, translations, outputs)], ensure_ascii=False))
+        print_json(envelope("translate", model, [{"source": s, "translation": t, "output_ids": ids}
+                                                 for s, t, ids in zip(texts, translations, outputs)],
+                            src_lang=args.src_lang, tgt_lang=args.tgt_lang))
     else:
         print("\n".join(translations))
     return 0
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="minitransformer", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    generation = dict(
+        max_new_tokens=dict(type=_positive, metavar="N",
+                            help="new tokens at most (default: generation_config.json's max_length, else 20 in all)"),
+        num_beams=dict(type=_positive, metavar="N", help="beam width, 1 is greedy (default: generation_config.json's, "
+                                                         "else 1)"),
+    )
+    json_help = "print one JSON object (the envelope the README describes) instead of text"
 
-    extract = commands.add_parser("extract", help="ONNX export dir -> model.safetensors with canonical HF names")
-    extract.add_argument("onnx_dir")
-    extract.add_argument("out_dir")
+    extract = commands.add_parser("extract", help="ONNX export dir -> model.safetensors with canonical HF names",
+                                  description="Prints one line: how many tensors were extracted, to where.")
+    extract.add_argument("onnx_dir", help="an optimum ONNX export (encoder_model.onnx, decoder graphs, config.json)")
+    extract.add_argument("out_dir", help="where model.safetensors, the configs, manifest.json and the tokenizer "
+                                         "files go; not the export itself")
     extract.set_defaults(run=cmd_extract)
 
-    generate = commands.add_parser("generate", help="token ids in, generated token ids out")
+    generate = commands.add_parser("generate", help="token ids in, generated token ids out",
+                                   description="Prints one line of ids per source: decoder start, new tokens, eos.")
     generate.add_argument("model_dir", help="an optimum ONNX export dir or an extracted dir")
     generate.add_argument("--input-ids", action="append", required=True, metavar="IDS",
-                          help='one source as token ids, e.g. "5 17 0"; repeat for a batch')
-    generate.add_argument("--max-new-tokens", type=_positive)
-    generate.add_argument("--num-beams", type=_positive)
-    generate.add_argument("--json", action="store_true")
+                          help='one source as token ids, e.g. "5 17 0"; repeat for a batch (required)')
+    generate.add_argument("--max-new-tokens", **generation["max_new_tokens"])
+    generate.add_argument("--num-beams", **generation["num_beams"])
+    generate.add_argument("--json", action="store_true", help=json_help)
     generate.set_defaults(run=cmd_generate)
 
-    verify = commands.add_parser("verify", help="step-by-step comparison with ONNX Runtime; exit 1 on mismatch")
+    verify = commands.add_parser("verify", help="step-by-step comparison with ONNX Runtime; exit 1 on mismatch",
+                                 description="Prints each decode step's deviations from float64 (ONNX Runtime's "
+                                             "and ours) and the rule's threshold, then an OK or MISMATCH line; "
+                                             "exit 0, 1 on mismatch, 2 on bad input.")
     verify.add_argument("model_dir", help="an optimum ONNX export dir or an extracted dir")
-    verify.add_argument("--onnx", metavar="ONNX_DIR", help="the export to compare with (default: MODEL_DIR)")
-    verify.add_argument("--steps", type=_positive, default=32)
+    verify.add_argument("--onnx", metavar="ONNX_DIR", help="the export to compare with (default: MODEL_DIR; "
+                                                          "required for an extracted dir)")
+    verify.add_argument("--steps", type=_positive, default=32, metavar="N",
+                        help="decode steps compared (default: %(default)s)")
     verify.add_argument("--layout", choices=["split", "merged", "both"], default="both",
-                        help="decoder graphs: decoder_model + decoder_with_past, or decoder_model_merged")
-    verify.add_argument("--input-ids", action="append", metavar="IDS", help="sources (default: a seeded batch of 3)")
-    verify.add_argument("--factor", type=_factor, default=FACTOR,
+                        help="decoder graphs: decoder_model + decoder_with_past, or decoder_model_merged "
+                             "(default: %(default)s)")
+    verify.add_argument("--input-ids", action="append", metavar="IDS",
+                        help="sources as token ids, repeat for a batch (default: a seeded batch of 3)")
+    verify.add_argument("--factor", type=_factor, metavar="X",
                         help="the verdict rule's factor: an output fails when ONNX Runtime's rms deviation from "
-                             "float64 exceeds factor x ours (default: %(default)g, calibrated in the README)")
-    verify.add_argument("--json", action="store_true")
+                             "float64 exceeds factor x ours (default: verdict.FACTOR, 50, calibrated in the README)")
+    verify.add_argument("--json", action="store_true", help=json_help)
     verify.set_defaults(run=cmd_verify)
 
-    translate = commands.add_parser("translate", help="text in, text out (default model: the shipped demo)")
-    translate.add_argument("words", nargs="*", metavar="[MODEL_DIR] TEXT",
-                           help="sentences to translate; a first argument that is a directory names the model")
+    translate = commands.add_parser("translate", help="text in, text out (default model: the shipped demo)",
+                                    description="Prints one translation per line, in input order (blank lines "
+                                                "stay blank).")
+    translate.add_argument("texts", nargs="*", metavar="TEXT", help="sentences to translate")
+    translate.add_argument("--model", metavar="DIR", default=DEMO_MODEL,
+                           help="the model directory (default: the shipped demo, English number words 0 to "
+                                "999,999 -> German: weights/numbers-en-de)")
     translate.add_argument("-i", "--input", metavar="FILE", help="sentences, one per line (- for stdin)")
-    translate.add_argument("--num-beams", type=_positive)
-    translate.add_argument("--max-new-tokens", type=_positive)
-    translate.add_argument("--batch-size", type=_positive, default=32)
+    translate.add_argument("--src-lang", metavar="CODE",
+                           help="source language code, e.g. en_XX or eng_Latn (mBART-50, M2M100, NLLB; "
+                                "default: tokenizer_config.json's src_lang)")
+    translate.add_argument("--tgt-lang", metavar="CODE",
+                           help="target language code, forced as the first token (default: "
+                                "generation_config.json's forced_bos_token_id)")
+    translate.add_argument("--max-new-tokens", **generation["max_new_tokens"])
+    translate.add_argument("--num-beams", **generation["num_beams"])
+    translate.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+                           help="sentences per generate() call (default: %(default)s)")
     translate.add_argument("--no-progress", action="store_true", help="no progress bar on long inputs")
-    translate.add_argument("--json", action="store_true")
+    translate.add_argument("--json", action="store_true", help=json_help)
     translate.set_defaults(run=cmd_translate)
     return parser
 
@@ -222,7 +287,7 @@ def main(argv=None):
     try:
         return args.run(args)
     except ModelError as e:
-        print(f"minitransformer: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -30,7 +30,7 @@ from .weights import WEIGHTS_FILE, expected_shapes, resolve_ties, to_canonical, 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILES = ("decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.json")
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.json", "merges.txt", "input_domain.json")
 _MERGED_SUFFIX = re.compile(r"_merged_\d+$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _ALIASING_OPS = ("Identity", "Transpose")
@@ -246,7 +246,7 @@ def extract(onnx_dir):
     for file_name, outputs in decoder_outputs.items():
         _check_graph_heads(outputs, file_name, spec)
     manifest = {
-        "source": os.path.abspath(onnx_dir),
+        "source": os.path.basename(os.path.abspath(onnx_dir)),  # the directory's name, not this machine's path
         "tensors": {name: {"shape": list(places[0].value.shape), "dtype": str(places[0].value.dtype),
                            "sources": [{"file": p.file, "initializer": p.initializer, "node": p.node,
                                         "transform": p.transform} for p in places]}
@@ -273,6 +273,8 @@ def storage_form(tensors, groups):
 def write_extracted(onnx_dir, out_dir):
     """Extract to out_dir: model.safetensors, config.json, generation_config.json, manifest.json and the
     tokenizer files. Everything is written beside the target first and renamed in at the end."""
+    if os.path.isdir(out_dir) and os.path.samefile(onnx_dir, out_dir):
+        raise ModelError(f"{out_dir}: the output directory is the export itself; extract into another directory")
     config, generation_config, tensors, manifest = extract(onnx_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)

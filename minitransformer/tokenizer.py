@@ -1,4 +1,7 @@
-"""Marian (OPUS-MT) tokenization with sentencepiece alone: spm pieces mapped through the joint vocab.json.
+"""Text to ids and back. `Tokenizer.from_dir` picks the kind from the files: a `tokenizer.json` (BART, mBART,
+M2M100/NLLB, T5: HF's `tokenizers` library, see tokenizer_json.py) or OPUS-MT's sentencepiece files (Marian, here).
+
+Marian (OPUS-MT) tokenization with sentencepiece alone: spm pieces mapped through the joint vocab.json.
 
 Mirrors HF `MarianTokenizer` (transformers 4.57, `tokenization_marian.py` and the slow-tokenizer base)
 for the shared-vocabulary layout of OPUS-MT exports:
@@ -73,19 +76,52 @@ def special_token_names(config, path):  # tokenizer_config.json -> {"eos_token":
     return names
 
 
-def pad_rows(rows, pad_id):  # list of n_batch id lists -> input_ids, attention_mask int64 [n_batch, max_len]
-    """Right-pad rows of token ids with pad_id, as MarianTokenizer(..., padding=True) does."""
+def pad_rows(rows, pad_id, left=False):  # list of n_batch id lists -> input_ids, attention_mask int64 [n_batch, max_len]
+    """Right-pad (or left-pad) rows of token ids with pad_id, as an HF tokenizer(..., padding=True) does."""
     width = max((len(row) for row in rows), default=0)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = row
-        attention_mask[i, :len(row)] = 1
+        place = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, place] = row
+        attention_mask[i, place] = 1
     return input_ids, attention_mask
 
 
-@dataclass(frozen=True)
 class Tokenizer:
+    """What every tokenizer kind offers: encode, encode_batch, decode, pad_id, language_codes."""
+
+    @staticmethod
+    def from_dir(path, n_vocab=None):  # directory -> FastTokenizer (tokenizer.json) or MarianTokenizer (source.spm..)
+        """The tokenizer a model directory ships; a missing or broken file is a ModelError naming it. With n_vocab
+        (the model's), language codes past the model's vocabulary are not offered."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelError(f"{path}: not a directory")
+        if (path / "tokenizer.json").exists():
+            from .tokenizer_json import FastTokenizer
+            return FastTokenizer.from_dir(path, n_vocab)
+        if not (path / "vocab.json").exists() and not (path / "source.spm").exists():
+            raise ModelError(f"{path}: no tokenizer found (expected tokenizer.json, or OPUS-MT's source.spm, "
+                             f"target.spm and vocab.json)")
+        return MarianTokenizer.from_dir(path)
+
+    language_codes = ()  # Marian: a target language is a >>xx<< prefix in the text itself
+
+    def encode_batch(self, texts, src_lang=None):  # list[str] -> (int64 [n_batch, n_src], int64 [n_batch, n_src])
+        """Right-padded input_ids and attention_mask, as HF's tokenizer(texts, padding=True)."""
+        return pad_rows(self.encode(texts, src_lang), self.pad_id)
+
+    def check_language(self, code, flag):
+        """code is one of language_codes, or a ModelError that lists them."""
+        if not self.language_codes:
+            raise ModelError(f"{flag} {code}: this model's tokenizer has no language codes")
+        if code not in self.language_codes:
+            raise ModelError(f"{flag} {code!r}: unknown language code; known: {', '.join(self.language_codes)}")
+
+
+@dataclass(frozen=True)
+class MarianTokenizer(Tokenizer):
     """Source-side encoding and target-side decoding of one OPUS-MT tokenizer directory."""
 
     source: spm.SentencePieceProcessor  # source.spm: text -> pieces
@@ -152,15 +188,13 @@ class Tokenizer:
                 ids += self.encode_chunk(chunk)
         return ids + [self.eos_id]
 
-    def encode(self, texts):  # list[str] -> list[list[int]]
+    def encode(self, texts, src_lang=None):  # list[str] -> list[list[int]]
         """Source ids of each sentence, as MarianTokenizer(texts)["input_ids"]."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of sentences, got one str")
+        if src_lang is not None:
+            self.check_language(src_lang, "src_lang")
         return [self.encode_one(text) for text in texts]
-
-    def encode_batch(self, texts):  # list[str] -> (int64 [n_batch, n_src], int64 [n_batch, n_src])
-        """Right-padded input_ids and attention_mask, as MarianTokenizer(texts, padding=True)."""
-        return pad_rows(self.encode(texts), self.pad_id)
 
     def decode(self, ids):  # [n_tgt] ints -> str
         """Target text of generated ids, as MarianTokenizer.decode(ids, skip_special_tokens=True)."""

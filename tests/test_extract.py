@@ -8,7 +8,7 @@ from onnx import helper, numpy_helper
 from safetensors.numpy import load_file
 
 import minitransformer as mt
-from minitransformer.extract import DECODER_FILES, extract, write_extracted
+from minitransformer.extract import DECODER_FILES, TOKENIZER_FILES, extract, write_extracted
 from minitransformer.families import spec_from_config, tie_groups
 from minitransformer.ops import sinusoid_table
 from minitransformer.weights import resolve_ties, to_canonical
@@ -45,8 +45,10 @@ def test_marian_position_tables_are_the_sinusoids(name):
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
 def test_extracted_dir_loads_to_the_same_model(name, tmp_path):
     manifest = write_extracted(str(FIXTURES / name), str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "config.json", "generation_config.json", "manifest.json", "model.safetensors"]
+    tokenizer_files = [f for f in TOKENIZER_FILES if (FIXTURES / name / f).exists()]  # copied beside the weights
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["config.json", "generation_config.json", "manifest.json", "model.safetensors"] + tokenizer_files)
+    assert manifest["source"] == name  # the directory's name, not this machine's path
     stored = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert not set(manifest["tied"]) & set(stored)  # a tied tensor is stored once, under its primary name
     from_onnx, from_dir = mt.load(str(FIXTURES / name)), mt.load(str(tmp_path / "out"))

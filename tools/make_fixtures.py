@@ -11,7 +11,10 @@ Each fixture is one row of FIXTURES. For a row the factory
 Families are rows too: `opus_mt` (Marian), `fairseq_mt` and its `bart`, `mbart`, `m2m100` (the BART layout with
 <s> 0, <pad> 1, </s> 2, <unk> 3), and `t5` (v1 and flan). A new family needs a row helper, not new steps.
 
-Usage: python tools/make_fixtures.py [--only NAME]
+Tokenizers for the BART, mBART, M2M100 and T5 fixtures, and HF's text outputs through them (hf_text.json), come from
+`make_tokenizer`, which rebuilds each trained model from its fixture files: `--tokenizers-only` runs just that.
+
+Usage: python tools/make_fixtures.py [--only NAME] [--tokenizers-only]
 """
 
 import argparse
@@ -19,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -470,13 +474,196 @@ def make_fixture(name, spec):
     return dict(loss=loss, fractions=fractions, logits_max_abs_diff=diff, bytes=dir_size(out_dir))
 
 
+# Tokenizers: tiny ones trained here whose ids line up with each fixture's vocabulary, and HF's text outputs
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+WORDS = ("the a an of to in and or but not is was are be have has had do says said make made go went see saw know "
+         "time year people way day man woman child world life hand part place case week company system program "
+         "question work government number night point home water room mother area money story fact month lot right "
+         "study book eye job word business issue side kind head house service friend father power hour game line "
+         "end member law car city name team minute idea kid body information back parent face others level office "
+         "door health person art war history party result change morning reason research girl guy moment air "
+         "teacher force education good new first last long great little own other old big high different small "
+         "large next early young important few public bad same able translate model token cafe naive").split()
+PUNCTUATION = (".", ",", "!", "?", ";", ":", "'s", "n't", "-", "(", ")", "\"")
+HF_TEXT_SOURCES = (  # odd spacing, capitals, punctuation, a character outside the training alphabet
+    "Hello, world!",
+    "  the  house   is big .  ",
+    "WHAT a DAY, Said the Teacher?",
+    "isn't it (really) the same - or not ; yes: no!",
+    "Café naïve, 12 345 and 6.",
+    "a",
+)
+DECODE_SOURCES = ("hello . world , is n't it ? yes ! they 're here , I 'm sure", "<unk> a </s> b <pad> <s> c")
+FLAN_PROMPT = "summarize:"  # flan-t5-tiny's prompt id (the last one) as one added token: its sources start with it
+MBART50_CODES = ("de_DE", "en_XX", "fr_XX", "ro_RO", "zh_CN")  # mbart-tiny's ids 70..74; de_DE (70) forced first
+NLLB_CODES = ("deu_Latn", "eng_Latn", "fra_Latn", "ron_Latn", "zho_Hans")  # m2m100-tiny's ids 75..79; deu_Latn forced
+# tokenizer rows: the HF tokenizer class, how the backend is built, language codes, clean_up_tokenization_spaces
+TOKENIZERS = {
+    "bart-tiny": dict(hf_class="BartTokenizerFast", backend="byte_bpe", codes=(), clean_up=True),
+    "mbart-tiny": dict(hf_class="MBart50TokenizerFast", backend="metaspace_bpe", codes=MBART50_CODES, clean_up=False),
+    "m2m100-tiny": dict(hf_class="NllbTokenizerFast", backend="metaspace_bpe", codes=NLLB_CODES, clean_up=False),
+    "t5-v1": dict(hf_class="T5TokenizerFast", backend="unigram", codes=(), clean_up=True),
+    "flan-t5-tiny": dict(hf_class="T5TokenizerFast", backend="unigram", codes=(), clean_up=False, prompt=FLAN_PROMPT),
+}
+
+
+def tokenizer_corpus(n_sentences=4000, seed=0):  # -> list of str
+    """Seeded English-like sentences: the word list, some capitalized, with punctuation between words."""
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for _ in range(n_sentences):
+        words = [str(w) for w in rng.choice(WORDS, rng.integers(3, 12))]
+        words[0] = words[0].capitalize()
+        words = [w.upper() if rng.random() < 0.05 else w for w in words]
+        text = " ".join(w + (str(rng.choice(PUNCTUATION)) if rng.random() < 0.15 else "") for w in words)
+        sentences.append(text + str(rng.choice([".", "?", "!"])))
+    return sentences
+
+
+def train_backend(row, spec):  # -> tokenizers.Tokenizer with exactly the fixture's vocab_size ids
+    """A tokenizers backend in the family's style: byte-level BPE (BART), metaspace BPE with the language codes last
+    (mBART-50, NLLB), unigram with metaspace (T5, with an added prompt token last for flan). Specials first, in the
+    fixture's order: <s> <pad> </s> <unk> (fairseq) or <pad> </s> <unk> (T5)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: the unigram trainer is reproducible then
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    n_vocab = spec.config["vocab_size"]
+    if row["backend"] == "unigram":
+        specials = ["<pad>", "</s>", "<unk>"]
+        backend = Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                               special_tokens=[("</s>", 1)])  # as t5-small's
+        n_pieces = n_vocab - (1 if "prompt" in row else 0)
+        trainer = trainers.UnigramTrainer(vocab_size=n_pieces, special_tokens=specials, unk_token="<unk>",
+                                          shrinking_factor=0.9)
+    else:
+        specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        backend = Tokenizer(models.BPE(unk_token="<unk>"))
+        if row["backend"] == "byte_bpe":
+            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            backend.decoder = decoders.ByteLevel()
+            backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        else:
+            backend.normalizer = normalizers.NFKC()
+            backend.pre_tokenizer = pre_tokenizers.Metaspace()
+            backend.decoder = decoders.Metaspace()
+        n_pieces = n_vocab - len(row["codes"])
+        trainer = trainers.BpeTrainer(vocab_size=n_pieces, special_tokens=specials, limit_alphabet=40)
+    corpus = tokenizer_corpus()
+    if row["backend"] == "unigram":  # unigram keeps every character it sees: lower case and . , only, the rest <unk>
+        corpus = [re.sub(r"[^a-z ., ]", "", text.lower()) for text in corpus]
+    backend.train_from_iterator(corpus, trainer)
+    assert backend.get_vocab_size() == n_pieces, f"trained {backend.get_vocab_size()} ids, wanted {n_pieces}"
+    assert [backend.token_to_id(t) for t in specials] == list(range(len(specials)))
+    backend.add_special_tokens(list(row["codes"]))
+    if "prompt" in row:
+        backend.add_tokens([row["prompt"]])
+    assert backend.get_vocab_size() == n_vocab
+    return backend
+
+
+def hf_tokenizer(row, spec, backend):  # -> a transformers fast tokenizer around the backend
+    """The family's HF tokenizer class, as its hub checkpoints configure it (no <mask>, no T5 extra ids: they would
+    take ids past the fixture's vocabulary)."""
+    kwargs = dict(tokenizer_object=backend, clean_up_tokenization_spaces=row["clean_up"])
+    if row["codes"]:
+        kwargs.update(src_lang=row["codes"][1], tgt_lang=row["codes"][0], mask_token=None,
+                      additional_special_tokens=list(row["codes"]))
+    elif row["hf_class"] == "BartTokenizerFast":
+        kwargs.update(mask_token=None)
+    else:
+        kwargs.update(extra_ids=0)
+    return getattr(transformers, row["hf_class"])(**kwargs)
+
+
+def rebuild_model(name, spec):
+    """The fixture's trained PyTorch model from config.json and torch_state_dict.safetensors, checked to give the
+    recorded greedy ids again."""
+    out_dir = FIXTURES_DIR / name
+    config = transformers.AutoConfig.from_pretrained(out_dir)
+    model = getattr(transformers, spec.model_class)(config).eval()
+    state = safetensors.torch.load_file(str(out_dir / "torch_state_dict.safetensors"))
+    model.load_state_dict(state, strict=False)
+    model.generation_config = transformers.GenerationConfig.from_pretrained(out_dir)
+    recorded = safetensors.torch.load_file(str(out_dir / "torch_outputs.safetensors"))
+    with torch.no_grad():
+        greedy = model.generate(recorded["input_ids"], attention_mask=recorded["attention_mask"],
+                                **generate_kwargs(spec)["greedy"])
+    assert torch.equal(greedy, recorded["greedy_ids"]), f"{name}: the rebuilt model does not reproduce its greedy ids"
+    return model
+
+
+@torch.no_grad()
+def record_texts(model, tokenizer, spec, sources, src_lang=None, tgt_lang=None):
+    """HF's text out for `sources`: tokenizer(sources, padding=True) -> generate() greedy and beam -> batch_decode
+    with skip_special_tokens; with src_lang/tgt_lang set on the tokenizer and forced_bos_token_id = tgt_lang's id."""
+    extra = {}
+    if src_lang is not None:
+        tokenizer.src_lang = src_lang
+        extra["forced_bos_token_id"] = tokenizer.convert_tokens_to_ids(tgt_lang)
+    inputs = tokenizer(list(sources), return_tensors="pt", padding=True)
+    record = dict(src_lang=src_lang, tgt_lang=tgt_lang, sources=list(sources),
+                  input_ids=[row[mask == 1].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])],
+                  **extra)
+    for kind, kwargs in generate_kwargs(spec).items():
+        output = model.generate(**inputs, **kwargs, **extra)
+        record[kind] = dict(generate_kwargs=kwargs, output_ids=output.tolist(),
+                            texts=tokenizer.batch_decode(output, skip_special_tokens=True))
+    return record
+
+
+def make_tokenizer(name):
+    """Train the fixture's tokenizer, save it as HF save_pretrained writes it, load it back through AutoTokenizer
+    and record HF's text outputs into hf_text.json; the new files are staged, then renamed into the fixture dir."""
+    spec, row = FIXTURES[name], TOKENIZERS[name]
+    model = rebuild_model(name, spec)
+    out_dir = FIXTURES_DIR / name
+    with tempfile.TemporaryDirectory(dir=FIXTURES_DIR, prefix=f".{name}-tok-") as stage:
+        stage = Path(stage)
+        hf_tokenizer(row, spec, train_backend(row, spec)).save_pretrained(stage)
+        written = {p.name for p in stage.iterdir()}  # BART adds vocab.json and merges.txt, as facebook/bart-* ship
+        assert set(TOKENIZER_FILES) <= written and not written & {"config.json", "generation_config.json"}, written
+        tokenizer = transformers.AutoTokenizer.from_pretrained(stage)
+        assert type(tokenizer).__name__ == row["hf_class"], type(tokenizer).__name__
+        sources = [f"{row['prompt']} {s}" for s in HF_TEXT_SOURCES] if "prompt" in row else list(HF_TEXT_SOURCES)
+        records = [record_texts(model, tokenizer, spec, sources)]
+        if row["codes"]:
+            codes = row["codes"]
+            for src_lang, tgt_lang in ((codes[2], codes[3]), (codes[4], codes[1])):
+                tokenizer = transformers.AutoTokenizer.from_pretrained(stage)
+                records.append(record_texts(model, tokenizer, spec, sources, src_lang, tgt_lang))
+        n_vocab = spec.config["vocab_size"]
+        decode_ids = [tokenizer(text)["input_ids"] for text in DECODE_SOURCES]  # spaces before punctuation, specials
+        decode_ids += [list(range(n_vocab)), list(range(n_vocab))[::-1]]  # every id, next to every kind of neighbour
+        decodes = [dict(ids=ids, text=tokenizer.decode(ids, skip_special_tokens=True)) for ids in decode_ids]
+        meta = dict(tokenizer_class=row["hf_class"], transformers_version=transformers.__version__,
+                    tokenizers_version=__import__("tokenizers").__version__, records=records, decodes=decodes)
+        (stage / "hf_text.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+        for path in stage.iterdir():
+            os.replace(path, out_dir / path.name)
+    return records
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(FIXTURES), help="build just this fixture (default: all)")
+    parser.add_argument("--tokenizers-only", action="store_true",
+                        help="only train the tokenizers and record HF's text outputs, into the existing fixtures")
     args = parser.parse_args()
     torch.set_num_threads(1)  # deterministic reductions, and the machine is shared
     names = [args.only] if args.only else list(FIXTURES)
     start = time.perf_counter()
+    if args.tokenizers_only:
+        for name in [n for n in names if n in TOKENIZERS]:
+            records = make_tokenizer(name)
+            texts = [t for r in records for kind in ("greedy", "beam") for t in r[kind]["texts"]]
+            print(f"{name}: {len(records)} records, {sum(map(bool, texts))}/{len(texts)} non-empty texts, "
+                  f"e.g. {texts[0]!r}")
+        print(f"total {time.perf_counter() - start:.0f} s")
+        return
     for name in names:
         t0 = time.perf_counter()
         summary = make_fixture(name, FIXTURES[name])

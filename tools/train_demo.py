@@ -454,6 +454,17 @@ def write_tokenizer_fixture(tok_dir, path):
     path.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
 
 
+def write_input_domain(path):
+    """input_domain.json: the words english() writes and how it writes them, for minitransformer's translate to
+    normalise input and refuse words the model never saw."""
+    words = sorted(set(EN_SMALL) | set(EN_TENS[2:]) | {"hundred", "thousand"})
+    domain = dict(description="English number words from 0 to 999,999, e.g. 'three hundred forty-two': lower case, "
+                              "tens and units joined by a hyphen, no 'and', no digits or commas",
+                  lowercase=True, words=words)
+    assert all(w in words for n in range(0, 1_000_000, 997) for w in english(n).replace("-", " ").split())
+    path.write_text(json.dumps(domain, indent=1) + "\n", encoding="utf-8")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6_000)
@@ -463,9 +474,13 @@ def main():
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--tokenizer-fixture-only", action="store_true",
                         help=f"only rewrite {TOKENIZER_FIXTURE.relative_to(ROOT)} from {OUT_DIR.relative_to(ROOT)}")
+    parser.add_argument("--input-domain-only", action="store_true",
+                        help=f"only write {OUT_DIR.relative_to(ROOT)}/input_domain.json")
     args = parser.parse_args()
     if args.tokenizer_fixture_only:
         return write_tokenizer_fixture(OUT_DIR, TOKENIZER_FIXTURE)
+    if args.input_domain_only:
+        return write_input_domain(OUT_DIR / "input_domain.json")
 
     check_number_words()
     torch.manual_seed(SEED)
@@ -488,6 +503,7 @@ def main():
     check_onnx(tokenizer, heldout, ids)
     write_records(tokenizer, heldout, texts, ids)
     write_tokenizer_fixture(OUT_DIR, TOKENIZER_FIXTURE)
+    write_input_domain(OUT_DIR / "input_domain.json")
     log(f"done in {(time.time() - started) / 60:.1f} min")
 
 
