@@ -18,7 +18,7 @@ def test_verify_exits_0_on_the_fixture(name, capsys):
     assert sum(line.endswith("same") for line in lines) == 80 and lines[-1].startswith("OK: worst output ")
     assert main(["verify", str(FIXTURES / name), "--steps", "40", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] and len(report["steps"]) == 80 and report["worst"]["margin"] >= 1
+    assert report["ok"] and len(report["results"]) == 80 and report["worst"]["margin"] >= 1
 
 
 def test_verify_exits_1_when_the_graph_computes_something_else(fixture_copy, capsys):
