@@ -57,8 +57,10 @@ class Judgement:
         threshold = self.factor * max(self.deviation, UNIT_ROUNDOFF * self.scale)
         return Judgement(self.name, self.yardstick, self.deviation, threshold, self.scale, self.factor)
 
-    def as_dict(self):
-        return {**asdict(self), "margin": self.margin, "ok": self.ok}
+    def as_dict(self):  # for JSON, which has no infinity: an infinite figure (a shape mismatch) becomes None
+        figures = {**asdict(self), "margin": self.margin}
+        return {**{k: v if np.isfinite(v) else None for k, v in figures.items() if k != "name"},
+                "name": self.name, "ok": self.ok}
 
 
 def judge(name, candidate, exact, yardstick, factor=FACTOR):

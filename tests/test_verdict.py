@@ -72,3 +72,25 @@ def test_every_altered_export_fails_the_rule(load_fixture, fixture_copy, what):
     record_worst(name, f"altered, worst dev / threshold: {what[:30]}", excess)
     assert not comparison.ok
     assert excess >= least_excess, f"{what}: exceeds the threshold only {excess:.1f}x ({worst})"
+
+
+def test_the_loud_fixture_breaks_fixed_absolute_tolerances(load_fixture):
+    """marian-loud: logits beyond 30 and large keys and values. The old fixed limit (1e-5 on the cache) fails on
+    this clean export, while the rule passes it (test_parity runs it like every fixture)."""
+    model, path, torch_out = load_fixture("marian-loud")
+    assert np.abs(torch_out["logits"]).max() >= 30
+    from minitransformer.reference import OnnxReference
+    input_ids, attention_mask = torch_out["input_ids"], torch_out["attention_mask"]
+    reference = OnnxReference(str(path))
+    loop = reference.decoder("split", reference.encode(input_ids, attention_mask), attention_mask)
+    state = model.start(model.encode(input_ids, attention_mask), attention_mask, 40)
+    tokens = torch_out["greedy_ids"][:, :1]
+    worst_present = 0.0
+    for step in range(40):
+        _, presents = loop.step(tokens)
+        model.decode_step(state, tokens)
+        keys = [(int(name.split(".")[1]), array) for name, array in presents.items() if name.endswith("decoder.key")]
+        worst_present = max([worst_present] + [float(np.abs(state.cache.view(i)[0] - a).max()) for i, a in keys])
+        tokens = torch_out["greedy_ids"][:, step + 1:step + 2]
+    record_worst("marian-loud", "max |Δ present.*.decoder.key| vs ORT", worst_present)
+    assert worst_present > 1e-5
