@@ -3,7 +3,11 @@
 Every mask is an additive bias (0 where a key may be seen, MASKED where not); no weights, no cache.
 `kernels.py` has numba versions with the same signatures, and the tests prove they agree.
 """
+import math
+
 import numpy as np
+
+from .quant import quantized_product
 
 # The additive mask value: HF adds torch.finfo(float32).min, and so do the exported graphs.
 # Masks are built from boolean "may attend" arrays, so two of them are never added together.
@@ -22,6 +26,17 @@ def attention_probs(q, k, bias, scale):
 def attend(q, k, v, bias, scale):
     # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
     return attention_probs(q, k, bias, scale) @ v
+
+
+def attend_integer(q, k, v, bias, scale):
+    # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
+    """`attend` as a graph quantized with its attention products does it (ORTQuantizer): q and k each scaled
+    by sqrt(scale) (torch's SDPA export), both products MatMulInteger over whole-tensor DynamicQuantizeLinear."""
+    root = q.dtype.type(math.sqrt(scale))  # float32 in the graph (float64 for the arbiter)
+    scores = quantized_product(q * root, (k * root).transpose(0, 1, 3, 2)) + bias  # [n_batch, n_head, n_tgt, n_k]
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores)
+    return quantized_product(weights / weights.sum(axis=-1, keepdims=True), v)
 
 
 def padding_bias(attention_mask):  # [n_batch, n_k] of 1/0 -> [n_batch, 1, 1, n_k]

@@ -25,7 +25,8 @@ from safetensors.numpy import save_file
 
 from .errors import ModelError
 from .families import canonical_names, encoder_root, spec_from_config, tie_groups
-from .weights import WEIGHTS_FILE, expected_shapes, resolve_ties, to_canonical, validate
+from .weights import (QUANTIZED_PARTS, WEIGHTS_FILE, expected_shapes, quantized_base, resolve_ties, same_tensor,
+                      to_canonical, validate)
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILES = ("decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
@@ -35,6 +36,10 @@ _MERGED_SUFFIX = re.compile(r"_merged_\d+$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _ALIASING_OPS = ("Identity", "Transpose")
 _GLOBAL_NAMES = {"model.shared.weight", "shared.weight", "lm_head.weight", "final_logits_bias"}
+_GLOBAL_NAMES |= {name + suffix for name in tuple(_GLOBAL_NAMES) for suffix in ("_scale", "_zero_point")}
+_QUANTIZED_OPS = ("MatMulInteger", "DequantizeLinear", "DynamicQuantizeLinear")
+_SCALES_MUL = "_quant_scales_mul"  # the quantizer's Mul of the activation scale and the weight scale
+QUANTIZED_SUFFIX = "_quantized"    # optimum and onnxruntime name a quantized graph <stem>_quantized.onnx
 
 
 @dataclass
@@ -110,7 +115,8 @@ def _adds_to_lm_head(node, slot, producers):
     """Is this Add's other operand the output of the lm_head MatMul (then the added tensor is the logits bias)?"""
     other = node.input[1 - slot] if len(node.input) == 2 else None
     producer = producers.get(other)
-    return producer is not None and producer.op_type == "MatMul" and _scope(producer.name) == "lm_head"
+    # a quantized head's product ends in the Mul that dequantizes MatMulInteger's output
+    return producer is not None and producer.op_type in ("MatMul", "Mul") and _scope(producer.name) == "lm_head"
 
 
 def _is_transpose_2d(node):
@@ -139,16 +145,35 @@ def graph_weights(model, file_name, root=""):
         return name, n_transposes
 
     found, claimed = [], set()
+    consumers = {}
     for node in _all_nodes(model.graph):
-        if node.op_type in _ALIASING_OPS:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def value_of(init_name):
+        if init_name not in values:
+            values[init_name] = _to_array(initializers[init_name], file_name)
+        return values[init_name]
+
+    def add(name, init_name, value, node, transform):
+        if root and not name.startswith(root) and name not in _GLOBAL_NAMES:
+            name = root + name
+        claimed.add(init_name)
+        found.append(Found(name, value, file_name, init_name, node.name, transform))
+
+    for node in _all_nodes(model.graph):
+        if node.op_type in _QUANTIZED_OPS:
+            for name, init_name, value, transform in _quantized_weights(node, trace, value_of, all_producers,
+                                                                        consumers, file_name):
+                add(name, init_name, value, node, transform)
+            continue
+        if node.op_type in _ALIASING_OPS or node.name.endswith(_SCALES_MUL):
             continue
         for slot, seen_name in enumerate(node.input):
             init_name, n_transposes = trace(seen_name)
             if init_name is None:
                 continue
-            if init_name not in values:
-                values[init_name] = _to_array(initializers[init_name], file_name)
-            value = values[init_name]
+            value = value_of(init_name)
             if value.dtype.kind != "f" or value.ndim == 0:
                 continue  # shape and scalar constants, not weights
             if n_transposes % 2:
@@ -161,14 +186,74 @@ def graph_weights(model, file_name, root=""):
                 name, transform = _MERGED_SUFFIX.sub("", seen_name), "transpose" if n_transposes % 2 else "none"
                 if not _PARAM_NAME.match(name) or name.startswith("onnx::"):
                     continue
-            if root and not name.startswith(root) and name not in _GLOBAL_NAMES:
-                name = root + name
-            claimed.add(init_name)
-            found.append(Found(name, value, file_name, init_name, node.name, transform))
+            add(name, init_name, value, node, transform)
     unclaimed = [name for name, init in initializers.items()
                  if name not in claimed and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
                  and len(init.dims) > 0]
     return found, unclaimed
+
+
+def _quantized_weights(node, trace, value_of, producers, consumers, file_name):
+    """A MatMulInteger's or a DequantizeLinear's integer weight -> [(name, initializer, value, transform)] for
+    the weight (int8/uint8, HF layout), its `_scale` and its `_zero_point`; [] for on-the-fly operands."""
+    def initializer(name, what):
+        init_name, n_transposes = trace(name)
+        if init_name is None:
+            raise ModelError(f"{file_name}: node {node.name!r}: its {what} is not a constant")
+        return init_name, value_of(init_name), n_transposes
+
+    if node.op_type == "MatMulInteger":
+        weight_init, _ = trace(node.input[1])
+        if weight_init is None:
+            return []  # both operands quantized on the fly: an attention product
+        weight_init, value, n_transposes = initializer(node.input[1], "weight")
+        value = value.T if n_transposes % 2 else value     # MatMul's B, [d_in, d_out]
+        zero_init, zero_point, _ = initializer(node.input[3] if len(node.input) > 3 else "", "weight zero point")
+        scale_init, scale = _weight_scale(node, trace, value_of, producers, consumers, file_name)
+        name = _scope(node.name) + ".weight"
+        return [(name, weight_init, value.T, "transpose"), (name + "_scale", scale_init, scale, "none"),
+                (name + "_zero_point", zero_init, zero_point, "none")]
+    if node.op_type == "DequantizeLinear":
+        table_name = node.input[0]   # Gather of an integer table, maybe Transposed after (T5's relative bias)
+        while table_name in producers and producers[table_name].op_type in ("Transpose", "Identity", "Gather"):
+            gathered = producers[table_name].op_type == "Gather"
+            table_name = producers[table_name].input[0]
+            if gathered:
+                break
+        else:
+            raise ModelError(f"{file_name}: node {node.name!r} dequantizes a weight for a float MatMul "
+                             f"(weight-only quantization of a tied head); not supported")
+        table_init, table, _ = initializer(table_name, "table")
+        scale_init, scale, _ = initializer(node.input[1], "scale")
+        zero_init, zero_point, _ = initializer(node.input[2] if len(node.input) > 2 else "", "zero point")
+        name = _MERGED_SUFFIX.sub("", _MERGED_SUFFIX.sub("", table_init).removesuffix(QUANTIZED_SUFFIX))
+        return [(name, table_init, table, "none"), (name + "_scale", scale_init, scale, "none"),
+                (name + "_zero_point", zero_init, zero_point, "none")]
+    return []
+
+
+def _weight_scale(node, trace, value_of, producers, consumers, file_name):
+    """MatMulInteger -> Cast -> Mul(., x_scale * w_scale): the weight's scale is the constant factor."""
+    for cast in consumers.get(node.output[0], []):
+        for mul in consumers.get(cast.output[0], []) if cast.op_type == "Cast" else []:
+            factor = next((i for i in mul.input if i != cast.output[0]), None)
+            scales_mul = producers.get(factor)
+            if mul.op_type != "Mul" or scales_mul is None or scales_mul.op_type != "Mul":
+                continue
+            for name in scales_mul.input:
+                init_name, _ = trace(name)
+                if init_name is not None:
+                    return init_name, value_of(init_name)
+    raise ModelError(f"{file_name}: node {node.name!r}: no weight scale found after it (expected "
+                     f"Cast then Mul by activation scale x weight scale)")
+
+
+def integer_attention(model):
+    """Does the graph quantize attention products (a MatMulInteger with no constant operand)?"""
+    producers = {out: node for node in _all_nodes(model.graph) for out in node.output}
+    return any(node.op_type == "MatMulInteger" and all(
+        getattr(producers.get(i), "op_type", None) == "DynamicQuantizeLinear" for i in node.input[:2])
+        for node in _all_nodes(model.graph))
 
 
 def _check_graph_heads(outputs, file_name, spec):
@@ -203,34 +288,67 @@ def collect(found):
     return by_name
 
 
-def graph_files(onnx_dir):
+def graph_file_name(file_name, quantized):
+    """'encoder_model.onnx' -> 'encoder_model_quantized.onnx' when quantized."""
+    return file_name.replace(".onnx", QUANTIZED_SUFFIX + ".onnx") if quantized else file_name
+
+
+def choose_quantized(onnx_dir, quantized=None):
+    """Which graphs to read: the quantized ones (True) or the fp32 ones (False). A directory holding only one
+    kind needs no choice; one holding both needs an explicit `quantized`."""
+    has = {kind: os.path.exists(os.path.join(onnx_dir, graph_file_name(ENCODER_FILE, kind))) for kind in (False, True)}
+    if quantized is None:
+        if has[False] and has[True]:
+            raise ModelError(f"{onnx_dir}: holds both fp32 and quantized graphs; choose one with quantized=True or "
+                             f"False (--quantized or --no-quantized)")
+        return has[True]
+    if not has[quantized] and has[not quantized]:
+        raise ModelError(f"{onnx_dir}: no {'quantized' if quantized else 'fp32'} graphs "
+                         f"({graph_file_name(ENCODER_FILE, quantized)} not found)")
+    return quantized
+
+
+def graph_files(onnx_dir, quantized=False):
     """The graph files present; the encoder and at least one decoder layout are required."""
-    known = (ENCODER_FILE,) + DECODER_FILES
+    known = tuple(graph_file_name(f, kind) for kind in (False, True) for f in (ENCODER_FILE,) + DECODER_FILES)
     unknown = sorted(f for f in os.listdir(onnx_dir) if f.endswith(".onnx") and f not in known)
     if unknown:
         raise ModelError(f"{os.path.join(onnx_dir, unknown[0])}: unexpected graph file (an optimum seq2seq export "
-                         f"has {', '.join(known)})")
-    present = [f for f in known if os.path.exists(os.path.join(onnx_dir, f))]
-    if ENCODER_FILE not in present:
-        raise ModelError(f"{os.path.join(onnx_dir, ENCODER_FILE)}: file not found")
+                         f"has {', '.join(known[:4])}, or the same names ending {QUANTIZED_SUFFIX}.onnx)")
+    encoder = graph_file_name(ENCODER_FILE, quantized)
+    decoders = [graph_file_name(f, quantized) for f in DECODER_FILES]
+    present = [f for f in [encoder] + decoders if os.path.exists(os.path.join(onnx_dir, f))]
+    if encoder not in present:
+        raise ModelError(f"{os.path.join(onnx_dir, encoder)}: file not found")
     if len(present) == 1:
-        raise ModelError(f"{onnx_dir}: no decoder graph found (expected one of {', '.join(DECODER_FILES)})")
+        raise ModelError(f"{onnx_dir}: no decoder graph found (expected one of {', '.join(decoders)})")
     return present
 
 
-def extract(onnx_dir):
-    """An optimum export dir -> (config, generation_config, tensors by common slot name, manifest)."""
+def extract(onnx_dir, quantized=None):
+    """An optimum export dir -> (config, generation_config, tensors by common slot name, manifest).
+
+    `quantized` picks the `*_quantized.onnx` graphs (True) or the fp32 ones (False); None means whichever
+    kind the directory holds. A quantized linear or table comes as three tensors: `<name>` (int8 or uint8),
+    `<name>_scale` and `<name>_zero_point`.
+    """
     config = read_json(os.path.join(onnx_dir, "config.json"))
     generation_config = read_json(os.path.join(onnx_dir, "generation_config.json"), required=False)
     spec = spec_from_config(config)
-    found, unclaimed, decoder_outputs = [], {}, {}
-    for file_name in graph_files(onnx_dir):
+    quantized = choose_quantized(onnx_dir, quantized)
+    found, unclaimed, decoder_outputs, attention_kinds = [], {}, {}, {}
+    for file_name in graph_files(onnx_dir, quantized):
         model = load_graph(os.path.join(onnx_dir, file_name))
-        if file_name != ENCODER_FILE:
+        is_encoder = file_name == graph_file_name(ENCODER_FILE, quantized)
+        if not is_encoder:
             decoder_outputs[file_name] = model.graph.output
-        root = encoder_root(spec) if file_name == ENCODER_FILE else ""
+        root = encoder_root(spec) if is_encoder else ""
         places, unclaimed[file_name] = graph_weights(model, file_name, root)
+        attention_kinds[file_name] = integer_attention(model)
         found += places
+    if len(set(attention_kinds.values())) > 1:
+        raise ModelError(f"{onnx_dir}: some graphs quantize the attention products and some do not "
+                         f"({', '.join(f for f, kind in attention_kinds.items() if kind)} do)")
     by_name = collect(found)
     expected = set(canonical_names(spec, expected_shapes(spec)).values())
     groups = tie_groups(config)
@@ -238,7 +356,8 @@ def extract(onnx_dir):
     resolved = resolve_ties({name: places[0].value for name, places in by_name.items()}, groups)
     tensors = validate(resolved, spec, source=onnx_dir,
                        hint=f" (is this an optimum export of the {spec.model_type} model config.json describes?)")
-    unexpected = sorted(name for name in by_name if name not in expected and name not in aliases)
+    unexpected = sorted(name for name in by_name if name not in expected and name not in aliases
+                        and not (name.endswith(("_scale", "_zero_point")) and quantized_base(name) in by_name))
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         raise ModelError(f"{onnx_dir}: the graphs hold weight(s) that config.json's {spec.model_type} model "
@@ -251,31 +370,43 @@ def extract(onnx_dir):
                            "sources": [{"file": p.file, "initializer": p.initializer, "node": p.node,
                                         "transform": p.transform} for p in places]}
                     for name, places in sorted(by_name.items())},
-        "tied": {name: group[0] for group in groups for name in group[1:] if name in resolved},
+        "tied": {name: group[0] for group in groups for name in group[1:]
+                 if name in resolved and same_tensor(resolved, name, group[0])},
         "unclaimed_initializers": {f: names for f, names in unclaimed.items() if names},
+        "quantized": {"graphs": quantized, "attention_products": "integer" if any(attention_kinds.values())
+                      else "float"},
     }
     return config, generation_config, tensors, manifest
 
 
 def storage_form(tensors, groups):
-    """One entry per tie group, under its primary name, as HF save_pretrained keeps tied weights."""
+    """One entry per tie group, under its primary name, as HF save_pretrained keeps tied weights; a member
+    quantized separately (with values of its own) is kept too."""
     stored = dict(tensors)
     for group in groups:
-        value = next((stored[name] for name in group if name in stored), None)
-        if value is None:
+        present = [name for name in group if name in stored]
+        if not present:
             continue
-        for name in group:
-            stored.pop(name, None)
-        stored[group[0]] = value
+        kept = [present[0]]
+        for name in present[1:]:
+            if not any(same_tensor(stored, name, other) for other in kept):
+                kept.append(name)
+        for name in present:
+            parts = {part: stored.pop(name + part) for part in ("",) + QUANTIZED_PARTS if name + part in stored}
+            if name in kept:
+                primary = group[0] if name == present[0] else name
+                stored.update({primary + part: value for part, value in parts.items()})
     return stored
 
 
-def write_extracted(onnx_dir, out_dir):
+def write_extracted(onnx_dir, out_dir, quantized=None):
     """Extract to out_dir: model.safetensors, config.json, generation_config.json, manifest.json and the
     tokenizer files. Everything is written beside the target first and renamed in at the end."""
     if os.path.isdir(out_dir) and os.path.samefile(onnx_dir, out_dir):
         raise ModelError(f"{out_dir}: the output directory is the export itself; extract into another directory")
-    config, generation_config, tensors, manifest = extract(onnx_dir)
+    config, generation_config, tensors, manifest = extract(onnx_dir, quantized)
+    metadata = {"format": "np", "source": "minitransformer", "quantized": str(manifest["quantized"]["graphs"]).lower(),
+                "attention_products": manifest["quantized"]["attention_products"]}
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -288,7 +419,7 @@ def write_extracted(onnx_dir, out_dir):
     except OSError as e:
         raise ModelError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:
-        save_file(stored, os.path.join(staging, WEIGHTS_FILE), metadata={"format": "np", "source": "minitransformer"})
+        save_file(stored, os.path.join(staging, WEIGHTS_FILE), metadata=metadata)
         for name, value in json_files.items():
             with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
                 json.dump(value, f, indent=2)

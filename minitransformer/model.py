@@ -16,7 +16,9 @@ from .extract import read_json
 from .families import module_name, spec_from_config, tie_groups
 from .observe import Recorder, named
 from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
-from .weights import WEIGHTS_FILE, compute_layout, hf_layout, read_safetensors, resolve_ties, unflatten, validate
+from .quant import QuantizedWeight
+from .weights import (WEIGHTS_FILE, compute_layout, hf_layout, read_metadata, read_safetensors, resolve_ties,
+                      unflatten, validate)
 
 INITIAL_CACHE_LEN = 256  # target positions allocated up front; the cache doubles past them
 
@@ -180,7 +182,8 @@ def check_mask(attention_mask, input_ids, name="attention_mask"):  # -> int64, s
 class Model:
     """A loaded encoder-decoder: weights by canonical name, the Spec, and the generation defaults."""
 
-    def __init__(self, spec, tensors, config, generation_config, manifest=None, kernel="numba"):
+    def __init__(self, spec, tensors, config, generation_config, manifest=None, kernel="numba",
+                 integer_attention=False):
         self.spec = spec
         self.config = config
         self.generation_config = generation_config
@@ -196,6 +199,12 @@ class Model:
         self.path = None    # the directory `load` read, where the tokenizer files are
         self.loaded = None  # what `load` read the weights from: model.safetensors or the ONNX graphs
         self._tokenizer = None
+        # int8: the linears hold QuantizedWeights; a graph that also quantizes its attention products
+        # (ORTQuantizer) is followed by attend_integer
+        self.quantized = any(isinstance(t, QuantizedWeight) for t in laid_out.values())
+        self.integer_attention = integer_attention
+        if integer_attention:
+            self.attend = attention.attend_integer
 
     @property
     def dtype(self):
@@ -205,9 +214,11 @@ class Model:
         """The same model computing in `dtype`: float64 is the arbiter, the graph's function without float32 rounding.
 
         One compute path: the weights' dtype decides the arithmetic of every op; constants stay float32 values."""
+        # an int8 model keeps its integers; its scales, tables and activations take `dtype`
         cast = {}  # tied names share one array, so they share its copy
         tensors = {name: cast.setdefault(id(t), t.astype(dtype)) for name, t in self.tensors.items()}
-        model = Model(self.spec, tensors, self.config, self.generation_config, self.manifest, self.kernel)
+        model = Model(self.spec, tensors, self.config, self.generation_config, self.manifest, self.kernel,
+                      self.integer_attention)
         model.path, model.loaded = self.path, self.loaded
         return model
 
@@ -317,34 +328,45 @@ def attention_maps(recorder, spec, call=-1):
             "decoder_cross": [probs(f"model.decoder.layers.{i}.encoder_attn") for i in range(spec.n_layer_decoder)]}
 
 
-def load(path, kernel="numba", dtype="float32"):
+def load(path, kernel="numba", dtype="float32", quantized=None):
     """An optimum export dir (weights extracted in memory) or a dir written by `minitransformer extract`;
     model.safetensors is read when present (model.loaded says which).
 
-    dtype "float64" gives the float64 evaluation of the same weights (`Model.astype`)."""
-    model = _load(path, kernel)
+    dtype "float64" gives the float64 evaluation of the same weights (`Model.astype`). `quantized` chooses
+    between the fp32 graphs and the `*_quantized.onnx` ones when a dir holds both; a dir holding one kind
+    loads as that kind.
+    """
+    model = _load(path, kernel, quantized)
     return model if np.dtype(dtype) == model.dtype else model.astype(dtype)
 
 
-def _load(path, kernel):
+def _load(path, kernel, quantized):
     if not os.path.isdir(path):
         raise ModelError(f"{path}: not a directory")
     weights_path = os.path.join(path, WEIGHTS_FILE)
+    has_graphs = any(name.endswith(".onnx") for name in os.listdir(path))
     if os.path.exists(weights_path):
-        config = read_json(os.path.join(path, "config.json"))
-        spec = spec_from_config(config)
-        tensors = read_safetensors(weights_path)
-        tensors = validate(resolve_ties(tensors, tie_groups(config)), spec, source=weights_path)
-        generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
-        manifest = read_json(os.path.join(path, "manifest.json"), required=False)
-        model = Model(spec, tensors, config, generation_config, manifest, kernel)
-        model.loaded = WEIGHTS_FILE
-    elif any(name.endswith(".onnx") for name in os.listdir(path)):
-        from .extract import extract
-        config, generation_config, tensors, manifest = extract(path)
-        model = Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel)
-        model.loaded = "ONNX graphs"
-    else:
+        metadata = read_metadata(weights_path)
+        stored_quantized = metadata.get("quantized") == "true"
+        if quantized is None or quantized == stored_quantized or not has_graphs:
+            if quantized is not None and quantized != stored_quantized:
+                raise ModelError(f"{weights_path}: holds {'quantized' if stored_quantized else 'fp32'} weights, "
+                                 f"not the {'quantized' if quantized else 'fp32'} ones asked for")
+            config = read_json(os.path.join(path, "config.json"))
+            spec = spec_from_config(config)
+            tensors = read_safetensors(weights_path)
+            tensors = validate(resolve_ties(tensors, tie_groups(config)), spec, source=weights_path)
+            generation_config = read_json(os.path.join(path, "generation_config.json"), required=False)
+            manifest = read_json(os.path.join(path, "manifest.json"), required=False)
+            model = Model(spec, tensors, config, generation_config, manifest, kernel,
+                          integer_attention=metadata.get("attention_products") == "integer")
+            model.loaded, model.path = WEIGHTS_FILE, path
+            return model
+    if not has_graphs:
         raise ModelError(f"{path}: neither {WEIGHTS_FILE} nor an ONNX export found (not a model directory)")
-    model.path = path
+    from .extract import extract
+    config, generation_config, tensors, manifest = extract(path, quantized)
+    model = Model(spec_from_config(config), tensors, config, generation_config, manifest, kernel,
+                  integer_attention=manifest["quantized"]["attention_products"] == "integer")
+    model.loaded, model.path = "ONNX graphs", path
     return model

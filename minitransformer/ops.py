@@ -8,9 +8,12 @@ import math
 import numba
 import numpy as np
 
+from .quant import QuantizedWeight
+
 
 def linear(x, weight_t, bias=None):  # [..., d_in] -> [..., d_out]; weight_t [d_in, d_out], HF's weight transposed
-    y = x @ weight_t
+    """x W + b; in an int8 model weight_t is a QuantizedWeight, applied exactly as the quantized graph does."""
+    y = weight_t.matmul(x) if isinstance(weight_t, QuantizedWeight) else x @ weight_t
     return y if bias is None else y + bias
 
 

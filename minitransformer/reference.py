@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from .errors import ModelError
+from .extract import graph_file_name
 
 LAYOUTS = ("split", "merged")
 _PRESENT = re.compile(r"present\.(\d+)\.(decoder|encoder)\.(key|value)")
@@ -41,15 +42,18 @@ def _session(path, optimize, threads):
 class OnnxReference:
     """ONNX Runtime sessions over one export dir, created on first use."""
 
-    def __init__(self, onnx_dir, optimize=False, threads=None):
+    def __init__(self, onnx_dir, optimize=False, threads=None, quantized=False):
         self.onnx_dir = onnx_dir
         self.optimize = optimize
         self.threads = threads
+        self.quantized = quantized  # run the `*_quantized.onnx` graphs
         self._sessions = {}
 
     def session(self, file_name):
+        """The session of an fp32 graph name, or of its `_quantized` twin when this reference is quantized."""
         if file_name not in self._sessions:
-            self._sessions[file_name] = _session(os.path.join(self.onnx_dir, file_name), self.optimize, self.threads)
+            path = os.path.join(self.onnx_dir, graph_file_name(file_name, self.quantized))
+            self._sessions[file_name] = _session(path, self.optimize, self.threads)
         return self._sessions[file_name]
 
     def encode(self, input_ids, attention_mask):  # [n_batch, n_src] -> [n_batch, n_src, d_model]

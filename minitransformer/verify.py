@@ -82,7 +82,7 @@ def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split
     attention_mask = check_mask(attention_mask, input_ids)
     if n_steps < 1:
         raise ModelError(f"--steps must be at least 1, got {n_steps}")
-    reference = OnnxReference(onnx_dir, threads=threads)
+    reference = OnnxReference(onnx_dir, threads=threads, quantized=model.quantized)
     exact_model = model.astype(np.float64)
     hidden = {"ort": reference.encode(input_ids, attention_mask), "ours": model.encode(input_ids, attention_mask),
               "exact": exact_model.encode(input_ids, attention_mask)}

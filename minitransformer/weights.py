@@ -3,11 +3,12 @@
 Every tensor is looked up by name and refused with "got [..], expected [..]" (whisper.cpp's habit).
 """
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file
 
 from .errors import ModelError
 from .families import canonical_names
+from .quant import QuantizedWeight, dequantize
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -67,25 +68,53 @@ def expected_shapes(spec):
     return shapes
 
 
+QUANTIZED_PARTS = ("_scale", "_zero_point")  # a quantized <name> (int8/uint8) comes with <name>_scale, <name>_zero_point
+
+
+def quantized_base(name):
+    """'x.weight_scale' -> 'x.weight'; other names unchanged."""
+    for suffix in QUANTIZED_PARTS:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def same_tensor(tensors, name, other):
+    """Same values (and, for a quantized tensor, the same scale and zero point)?"""
+    return all((name + part in tensors) == (other + part in tensors) and (
+        name + part not in tensors or (tensors[name + part].dtype == tensors[other + part].dtype
+                                       and tensors[name + part].shape == tensors[other + part].shape
+                                       and np.array_equal(tensors[name + part], tensors[other + part])))
+               for part in ("",) + QUANTIZED_PARTS)
+
+
 def resolve_ties(tensors, groups):
-    """Fill every name of a tie group from the one that is present; refuse tied names that differ."""
+    """Fill every name of a tie group from the first one present; refuse tied names that differ.
+
+    A quantizer may quantize tied copies separately (the embedding as a uint8 table, the head's transposed
+    copy as an int8 weight): integer members that differ each keep their own values.
+    """
     tensors = dict(tensors)
     for group in groups:
         present = [name for name in group if name in tensors]
         if not present:
             continue
-        first = tensors[present[0]]
+        first = present[0]
         for name in present[1:]:
-            if tensors[name].shape != first.shape or not np.array_equal(tensors[name], first):
-                raise ModelError(f"tensor {name} should be tied to {present[0]} (config.json ties them) "
+            quantized = tensors[name].dtype.kind in "iu" or tensors[first].dtype.kind in "iu"
+            if not quantized and not same_tensor(tensors, name, first):
+                raise ModelError(f"tensor {name} should be tied to {first} (config.json ties them) "
                                  f"but its values differ")
         for name in group:
-            tensors[name] = first
+            if name not in tensors:
+                tensors.update({name + part: tensors[first + part]
+                                for part in ("",) + QUANTIZED_PARTS if first + part in tensors})
     return tensors
 
 
 def validate(tensors, spec, source, hint=""):
-    """Check canonical names, shapes and dtypes against the Spec -> float32 tensors by common slot name."""
+    """Check canonical names, shapes and dtypes against the Spec -> tensors by common slot name: float32, or
+    int8/uint8 with float32 `_scale` and integer `_zero_point` companions (one value, or one per row)."""
     names = canonical_names(spec, expected_shapes(spec))
     missing = [canonical for canonical in names.values() if canonical not in tensors]
     if missing:
@@ -97,16 +126,35 @@ def validate(tensors, spec, source, hint=""):
         tensor = tensors[name]
         if tuple(tensor.shape) != shape:
             raise ModelError(f"{source}: tensor {name}: got {list(tensor.shape)}, expected {list(shape)}")
-        if tensor.dtype not in (np.float32, np.float16):
-            raise ModelError(f"{source}: tensor {name}: got dtype {tensor.dtype}, expected float32")
-        checked[common] = np.ascontiguousarray(tensor, dtype=np.float32)
+        if tensor.dtype in (np.int8, np.uint8):
+            checked.update(_quantized_parts(tensors, name, common, source))
+        elif tensor.dtype not in (np.float32, np.float16):
+            raise ModelError(f"{source}: tensor {name}: got dtype {tensor.dtype}, expected float32 (or int8/uint8 "
+                             f"with {name}_scale and {name}_zero_point)")
+        checked[common] = np.ascontiguousarray(tensor) if tensor.dtype.kind in "iu" else \
+            np.ascontiguousarray(tensor, dtype=np.float32)
     return checked
 
 
+def _quantized_parts(tensors, name, common, source):
+    """The scale (float32) and zero point (the weight's dtype) of a quantized tensor, checked."""
+    weight, parts = tensors[name], {}
+    for suffix, dtypes in (("_scale", (np.float32,)), ("_zero_point", (weight.dtype,))):
+        part = tensors.get(name + suffix)
+        if part is None:
+            raise ModelError(f"{source}: tensor {name} is {weight.dtype} but {name}{suffix} is missing")
+        if part.dtype not in dtypes or part.shape not in ((), (weight.shape[0],)):
+            raise ModelError(f"{source}: tensor {name}{suffix}: got {part.dtype} {list(part.shape)}, expected "
+                             f"{np.dtype(dtypes[0])} [] or [{weight.shape[0]}]")
+        parts[common + suffix] = np.ascontiguousarray(part)
+    return parts
+
+
 def to_canonical(tensors, spec):
-    """Common slot names -> the family's canonical HF names."""
-    names = canonical_names(spec, tensors)
-    return {names[common]: tensor for common, tensor in tensors.items()}
+    """Common slot names -> the family's canonical HF names (a quantized tensor's companions follow it)."""
+    names = canonical_names(spec, {quantized_base(common) for common in tensors})
+    return {names[quantized_base(common)] + common[len(quantized_base(common)):]: tensor
+            for common, tensor in tensors.items()}
 
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc1_up", "fc2", "lm_head")
@@ -114,11 +162,28 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc1_up", "fc
 
 def compute_layout(tensors):
     """HF layout -> the layout the math reads: every linear weight [d_out, d_in] becomes a contiguous
-    `weight_t` [d_in, d_out], so `x @ weight_t` streams rows (a matvec per step reads it once, in order)."""
+    `weight_t` [d_in, d_out], so `x @ weight_t` streams rows (a matvec per step reads it once, in order).
+
+    In an int8 model a quantized linear weight becomes a `QuantizedWeight` (kept in HF's [d_out, d_in], the
+    layout its integer matvec streams), and a quantized table (embeddings, positions, T5's relative bias) is
+    dequantized once here: DequantizeLinear after a Gather gives the same float32 values row by row.
+    """
     laid_out = {}
     for name, tensor in tensors.items():
+        if name.endswith(QUANTIZED_PARTS):
+            continue
         parts = name.split(".")
-        if parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_MODULES:
+        linear = parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_MODULES
+        if isinstance(tensor, QuantizedWeight):  # already laid out (Model.astype passes a model's own tensors)
+            laid_out[name + "_t"] = tensor
+        elif tensor.dtype.kind in "iu":
+            scale, zero_point = tensors[name + "_scale"], tensors[name + "_zero_point"]
+            if linear:
+                laid_out[name + "_t"] = QuantizedWeight(tensor, scale, zero_point)
+            else:
+                rows = (-1, 1) if scale.ndim else ()
+                laid_out[name] = dequantize(tensor, scale.reshape(rows), zero_point.reshape(rows))
+        elif linear:
             laid_out[name + "_t"] = np.ascontiguousarray(tensor.T)
         else:
             laid_out[name] = tensor
@@ -126,9 +191,10 @@ def compute_layout(tensors):
 
 
 def hf_layout(laid_out):
-    """The inverse of compute_layout, as views: no copy is made."""
+    """The inverse of compute_layout, as views: no copy is made (a QuantizedWeight stays itself)."""
     return {name.removesuffix("_t") if name.endswith(".weight_t") else name:
-            tensor.T if name.endswith(".weight_t") else tensor for name, tensor in laid_out.items()}
+            tensor.T if name.endswith(".weight_t") and isinstance(tensor, np.ndarray) else tensor
+            for name, tensor in laid_out.items()}
 
 
 def unflatten(tensors):
@@ -156,5 +222,14 @@ def read_safetensors(path):
     """-> {name: array}; a missing or corrupt file is a ModelError naming it."""
     try:
         return load_file(path)
+    except (OSError, SafetensorError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read safetensors ({e})") from None
+
+
+def read_metadata(path):
+    """The safetensors header's metadata: {"quantized": "true", "attention_products": "integer"} for int8."""
+    try:
+        with safe_open(path, "np") as f:
+            return f.metadata() or {}
     except (OSError, SafetensorError, ValueError) as e:
         raise ModelError(f"{path}: cannot read safetensors ({e})") from None

@@ -1,0 +1,177 @@
+"""Int8 exports (tests/fixtures/*-int8-*, *-dynamic-*, made by tools/make_quantized.py from the fp32 fixtures):
+loading, extraction against the fp32 parent's PyTorch weights, the integer arithmetic bit for bit against
+ONNX Runtime's own operands, and the step-by-step comparison with ONNX Runtime running the same graphs."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+from safetensors.numpy import load_file
+
+import minitransformer as mt
+from minitransformer.errors import ModelError
+from minitransformer.extract import extract, write_extracted
+from minitransformer.families import spec_from_config, tie_groups
+from minitransformer.quant import dynamic_quantize, integer_product, matmul_integer
+from minitransformer.verify import compare
+from minitransformer.families import canonical_names
+from minitransformer.weights import LINEAR_MODULES, expected_shapes, resolve_ties, to_canonical
+
+from conftest import FIXTURES, record_worst
+
+QUANTIZED_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if (p / "encoder_model_quantized.onnx").exists())
+N_STEPS = 24
+
+
+def _recipe(name):
+    return json.loads((FIXTURES / name / "quantized_from.json").read_text())
+
+
+def _parent(name):
+    return FIXTURES / _recipe(name)["parent"]
+
+
+def _sources(name):
+    recorded = load_file(str(_parent(name) / "torch_outputs.safetensors"))
+    return recorded["input_ids"], recorded["attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def quantized_model():
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            cache[name] = mt.load(str(FIXTURES / name))
+        return cache[name]
+    return load
+
+
+def test_the_quantized_fixtures_cover_every_family_per_tensor_and_per_channel():
+    seen = {(json.loads((_parent(n) / "config.json").read_text())["model_type"], _recipe(n)["per_channel"])
+            for n in QUANTIZED_FIXTURES}
+    assert seen >= {(family, per_channel) for family in ("marian", "bart", "mbart", "m2m_100", "t5")
+                    for per_channel in (False, True)}
+    assert {_recipe(n)["weight_type"] for n in QUANTIZED_FIXTURES} == {"int8", "uint8"}
+    assert {_recipe(n)["tool"] for n in QUANTIZED_FIXTURES} == {"ortq", "dynamic"}
+
+
+def test_a_dir_with_both_kinds_needs_a_choice(tmp_path):
+    target = tmp_path / "both"
+    shutil.copytree(FIXTURES / "marian-opus-int8-tensor", target)
+    for graph in (FIXTURES / "marian-opus").glob("*.onnx"):
+        shutil.copyfile(graph, target / graph.name)
+    with pytest.raises(ModelError, match="both fp32 and quantized graphs.*quantized=True"):
+        mt.load(str(target))
+    assert mt.load(str(target), quantized=True).quantized
+    assert not mt.load(str(target), quantized=False).quantized
+    with pytest.raises(ModelError, match="no fp32 graphs"):
+        mt.load(str(FIXTURES / "marian-opus-int8-tensor"), quantized=False)
+
+
+@pytest.mark.parametrize("name", QUANTIZED_FIXTURES)
+def test_extraction_names_every_integer_weight_as_the_fp32_parent_does(name):
+    """Each dequantized weight lies within half a quantization step of the parent's PyTorch weight of the same
+    canonical name: a weight read under the wrong name, transposed, or with the wrong scale cannot pass."""
+    config, _, tensors, manifest = extract(str(FIXTURES / name))
+    spec = spec_from_config(config)
+    tensors = resolve_ties(to_canonical(tensors, spec), tie_groups(config))
+    parent = load_file(str(_parent(name) / "torch_state_dict.safetensors"))
+    names = canonical_names(spec, expected_shapes(spec))
+    linear = {names[common] for common in names if common.split(".")[-2:-1] in [[m] for m in LINEAR_MODULES]
+              and common.endswith(".weight") and common != "lm_head.weight"}
+    integer = {key for key, value in tensors.items() if value.dtype.kind in "iu" and not key.endswith("_zero_point")}
+    assert linear <= integer  # every linear layer but a tied head (read as a table) is integer
+    for key in integer:
+        value, scale, zero = tensors[key], tensors[key + "_scale"], tensors[key + "_zero_point"]
+        assert zero.dtype == value.dtype and scale.dtype == np.float32
+        rows = (-1, 1) if scale.ndim else ()
+        step = scale.reshape(rows).astype(np.float64)
+        dequantized = (value.astype(np.float64) - zero.reshape(rows)) * step
+        # round to nearest leaves at most half a step; 0.505 covers the float32 rounding of the scale
+        assert np.all(np.abs(dequantized - parent[key].astype(np.float64)) <= 0.505 * step), key
+    for key, entry in manifest["tensors"].items():
+        if entry["dtype"] in ("int8", "uint8"):
+            assert all(s["node"].endswith(("MatMul_quant", "DequantizeLinear")) for s in entry["sources"]), key
+
+
+def _exposed(graph_path, extra_outputs):
+    """An ONNX Runtime session over the graph with `extra_outputs` [(name, elem_type)] added as graph outputs."""
+    model = onnx.load(str(graph_path))
+    for output_name, elem_type in extra_outputs:
+        model.graph.output.append(helper.make_tensor_value_info(output_name, elem_type, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return model, ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", QUANTIZED_FIXTURES)
+@pytest.mark.parametrize("graph", ["encoder_model_quantized.onnx", "decoder_model_quantized.onnx"])
+def test_every_quantize_and_integer_product_equals_onnxruntime_bit_for_bit(name, graph, quantized_model):
+    """Each DynamicQuantizeLinear fed ONNX Runtime's own float input, and each MatMulInteger fed ONNX Runtime's
+    own quantized operands with our extracted weight (found by the manifest's node), give its outputs exactly."""
+    model = quantized_model(name)
+    graph_model = onnx.load(str(FIXTURES / name / graph))
+    dqls = [n for n in graph_model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    products = [n for n in graph_model.graph.node if n.op_type == "MatMulInteger"]
+    extra = [(n.input[0], TensorProto.FLOAT) for n in dqls]
+    extra += [(out, t) for n in dqls for out, t in zip(n.output, (TensorProto.UINT8, TensorProto.FLOAT,
+                                                                    TensorProto.UINT8))]
+    extra += [(n.output[0], TensorProto.INT32) for n in products]
+    _, session = _exposed(FIXTURES / name / graph, dict(extra).items())
+    input_ids, attention_mask = _sources(name)
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if graph.startswith("decoder"):
+        hidden = model.encode(input_ids, attention_mask)
+        start = model.generation_config.get("decoder_start_token_id", model.config.get("decoder_start_token_id"))
+        feeds = {"input_ids": np.array([[start, 5, 7, 9]] * input_ids.shape[0], dtype=np.int64),
+                 "encoder_attention_mask": attention_mask, "encoder_hidden_states": hidden}
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    for node in dqls:
+        q, scale, zero = dynamic_quantize(values[node.input[0]])
+        assert q.tobytes() == values[node.output[0]].tobytes(), node.name
+        assert scale.tobytes() == values[node.output[1]].tobytes() and zero == values[node.output[2]], node.name
+    weights_by_node = {source["node"]: key for key, entry in model.manifest["tensors"].items()
+                       for source in entry["sources"] if not key.endswith(("_scale", "_zero_point"))}
+    canonical = to_canonical(model.tensors, model.spec)
+    n_weight = 0
+    for node in products:
+        a, a_zero = values[node.input[0]], values[node.input[2]]
+        if node.name in weights_by_node:   # a linear layer: our extracted integers, HF layout [d_out, d_in]
+            key = weights_by_node[node.name]
+            weight = canonical[key]
+            ours = matmul_integer(a, a_zero, weight.weight, weight.zero_point)
+            n_weight += 1
+        else:                              # an attention product: both operands quantized on the fly
+            ours = integer_product(a, a_zero, values[node.input[1]], values[node.input[3]])
+        assert ours.dtype == np.int32 and ours.tobytes() == values[node.output[0]].tobytes(), node.name
+    assert n_weight == len({n.name for n in products if n.name in weights_by_node}) > 0
+    record_worst(name, f"integer products compared ({graph[:7]})", len(products))
+
+
+@pytest.mark.parametrize("name", QUANTIZED_FIXTURES)
+def test_every_step_against_onnxruntime_int8_by_the_verdict_rule(name, quantized_model):
+    """Step by step against ONNX Runtime running the same quantized graphs, both decoder layouts when shipped,
+    judged by the verdict rule with the int8 model's float64 evaluation as the arbiter (the same integers and
+    roundings, no float32 rounding around them).
+
+    A rounding step amplifies: a float32 difference of one ulp that puts a DynamicQuantizeLinear input on the
+    other side of a .5 boundary moves that element by a whole quantization step, and the layers after carry it.
+    ONNX Runtime's float32 rounding flips such boundaries where ours and float64 do not (and the reverse), so
+    the rule and ONNX Runtime's tokens are recorded, not asserted, per step; what must hold is that our engine
+    never picks a token its float64 evaluation does not (near-ties excepted). The exact check of the integer
+    arithmetic is the bit-for-bit test above."""
+    model = quantized_model(name)
+    input_ids, attention_mask = _sources(name)
+    layouts = [layout for layout, graph in (("split", "decoder_model_quantized.onnx"),
+                                            ("merged", "decoder_model_merged_quantized.onnx"))
+               if (FIXTURES / name / graph).exists()]
+    comparison = compare(model, str(FIXTURES / name), input_ids, attention_mask, N_STEPS, layouts)
+    assert len(comparison.steps) == N_STEPS * len(layouts)
+    record_worst(name, "int8 steps outside the rule", sum(not r.ok for r in comparison.steps))
+    record_worst(name, "int8 ORT tokens not float64's", sum(r.tokens.count("differ") for r in comparison.steps))
+    for report in comparison.steps:
+        assert "differ" not in report.our_tokens, report
