@@ -149,9 +149,9 @@ def cmd_verify(args):
     for r in comparison.steps:
         lg, pr = r.logits, r.worst_present
         flag = "" if r.ok else "  <-- fails the rule"
-        print(f"{r.layout:8} {r.step:4d}  {lg.deviation:11.2g} {lg.yardstick:8.2g} {lg.threshold:8.2g} {lg.margin:7.3g}  "
-              f"{pr.name:24} {pr.deviation:8.2g} {pr.yardstick:8.2g} {pr.threshold:8.2g} {pr.margin:7.3g}  "
-              f"{_tokens(r.tokens)}{flag}")
+        print(f"{r.layout:8} {r.step:4d}  {lg.deviation:11.2g} {lg.yardstick:8.2g} {lg.threshold:8.2g} "
+              f"{lg.margin:7.3g}  {pr.name:24} {pr.deviation:8.2g} {pr.yardstick:8.2g} {pr.threshold:8.2g} "
+              f"{pr.margin:7.3g}  {_tokens(r.tokens)}{flag}")
     layout, step, worst = comparison.worst()
     where = "" if layout is None else f" ({layout}, step {step})"
     ties = f", {result['near_ties']} near-tie(s)" if result["near_ties"] else ""
@@ -215,7 +215,8 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generation = dict(
         max_new_tokens=dict(type=_positive, metavar="N",
-                            help="new tokens at most (default: generation_config.json's max_length, else 20 in all)"),
+                            help="new tokens at most (default: generation_config.json's max_new_tokens, or its "
+                                 "max_length - 1, with max_length 20 when unset)"),
         num_beams=dict(type=_positive, metavar="N", help="beam width, 1 is greedy (default: generation_config.json's, "
                                                          "else 1)"),
     )

@@ -76,7 +76,7 @@ def special_token_names(config, path):  # tokenizer_config.json -> {"eos_token":
     return names
 
 
-def pad_rows(rows, pad_id, left=False):  # list of n_batch id lists -> input_ids, attention_mask int64 [n_batch, max_len]
+def pad_rows(rows, pad_id, left=False):  # n_batch id lists -> input_ids, attention_mask int64 [n_batch, max_len]
     """Right-pad (or left-pad) rows of token ids with pad_id, as an HF tokenizer(..., padding=True) does."""
     width = max((len(row) for row in rows), default=0)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)

@@ -25,7 +25,8 @@ def _records(name):
 
 
 def _cases():
-    return [(name, i, kind) for name in TEXT_FIXTURES for i, _ in enumerate(_records(name)) for kind in ("greedy", "beam")]
+    return [(name, i, kind) for name in TEXT_FIXTURES for i, _ in enumerate(_records(name))
+            for kind in ("greedy", "beam")]
 
 
 def test_every_family_but_marian_has_recorded_text():

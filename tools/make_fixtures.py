@@ -673,9 +673,8 @@ def record_texts(model, tokenizer, spec, sources, src_lang=None, tgt_lang=None):
         tokenizer.src_lang = src_lang
         extra["forced_bos_token_id"] = tokenizer.convert_tokens_to_ids(tgt_lang)
     inputs = tokenizer(list(sources), return_tensors="pt", padding=True)
-    record = dict(src_lang=src_lang, tgt_lang=tgt_lang, sources=list(sources),
-                  input_ids=[row[mask == 1].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])],
-                  **extra)
+    unpadded = [row[mask == 1].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    record = dict(src_lang=src_lang, tgt_lang=tgt_lang, sources=list(sources), input_ids=unpadded, **extra)
     for kind, kwargs in generate_kwargs(spec).items():
         output = model.generate(**inputs, **kwargs, **extra)
         record[kind] = dict(generate_kwargs=kwargs, output_ids=output.tolist(),
