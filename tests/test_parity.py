@@ -6,7 +6,7 @@ import pytest
 from minitransformer.cache import KVCache
 from minitransformer.generate import resolve_settings
 from minitransformer.reference import OnnxReference, reference_generate
-from minitransformer.verdict import judge
+from minitransformer.verdict import UNIT_ROUNDOFF, judge
 from minitransformer.verify import compare, default_sources
 
 from conftest import MODEL_FIXTURES, record_judgement
@@ -76,7 +76,8 @@ def test_numba_kernel_and_numpy_reference_give_the_same_model(load_fixture, load
     assert len(maps["encoder"]) == model.spec.n_layer_encoder
     assert len(maps["decoder_self"]) == len(maps["decoder_cross"]) == model.spec.n_layer_decoder
     cross = maps["decoder_cross"][0]  # [n_batch, n_head, n_tgt, n_src]: padded source positions get no weight
-    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)  # probabilities: bounded by 1, so this is relative
+    # probabilities summed over at most n_src terms in [0, 1]: n_src roundings of at most 1, times a 10x margin
+    assert np.abs(cross.sum(-1) - 1.0).max() <= 10 * cross.shape[-1] * UNIT_ROUNDOFF
     for row, mask in enumerate(torch_out["attention_mask"]):
         assert (cross[row][..., mask == 0] == 0).all()
 
