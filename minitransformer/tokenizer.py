@@ -27,6 +27,7 @@ import sentencepiece as spm
 from .errors import ModelError
 
 SPIECE_UNDERLINE = "▁"
+SLOW_TOKENIZER_FILES = ("spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt")  # read by HF alone
 DEFAULT_SPECIAL = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
@@ -101,9 +102,12 @@ class Tokenizer:
         if (path / "tokenizer.json").exists():
             from .tokenizer_json import FastTokenizer
             return FastTokenizer.from_dir(path, n_vocab)
-        if not (path / "vocab.json").exists() and not (path / "source.spm").exists():
+        if not (path / "source.spm").exists() and not (path / "target.spm").exists():
+            found = [name for name in SLOW_TOKENIZER_FILES if (path / name).exists()]
+            hint = (f" ({', '.join(found)} found: write a tokenizer.json with transformers, "
+                    f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR))") if found else ""
             raise ModelError(f"{path}: no tokenizer found (expected tokenizer.json, or OPUS-MT's source.spm, "
-                             f"target.spm and vocab.json)")
+                             f"target.spm and vocab.json){hint}")
         return MarianTokenizer.from_dir(path)
 
     language_codes = ()  # Marian: a target language is a >>xx<< prefix in the text itself

@@ -2,9 +2,10 @@
 PreTrainedTokenizerFast drives them, for BART, mBART, M2M100/NLLB and T5 exports:
 
 - encode: `tokenizers.Tokenizer.encode_batch(texts, add_special_tokens=True)`, no truncation; the special tokens
-  come from the file's post-processor. A source language (mBART-50, mBART, NLLB, M2M100) rewrites that
-  post-processor as the HF class's `set_src_lang_special_tokens` does: `[code] text </s>` (MBart50Tokenizer,
-  M2M100Tokenizer, NllbTokenizer) or `text </s> [code]` (MBartTokenizer, NllbTokenizer with legacy_behaviour).
+  come from the file's post-processor. For mBART-50, mBART, NLLB and M2M100 the source language (given, else
+  tokenizer_config.json's src_lang, else the class's default) rewrites that post-processor as the HF class's
+  `set_src_lang_special_tokens` does: `[code] text </s>` (MBart50Tokenizer, M2M100Tokenizer, NllbTokenizer) or
+  `text </s> [code]` (MBartTokenizer, NllbTokenizer with legacy_behaviour).
 - decode: `decode(ids, skip_special_tokens=True)`, then `clean_up_tokenization` when tokenizer_config.json's
   `clean_up_tokenization_spaces` is true (PreTrainedTokenizerFast._decode).
 - padding: tokenizer_config.json's `padding_side` (right unless it says left), with the pad token's id.
@@ -15,9 +16,12 @@ from pathlib import Path
 from .errors import ModelError
 from .tokenizer import Tokenizer, load_json, pad_rows
 
-# where each tokenizer class puts the source language's code (transformers 4.57, set_src_lang_special_tokens)
+# where each tokenizer class puts the source language's code, and the code it uses when tokenizer_config.json
+# names none (transformers 4.57: set_src_lang_special_tokens, and `src_lang if src_lang is not None else ...`)
 SOURCE_LANGUAGE_PLACE = {"MBart50Tokenizer": "prefix", "M2M100Tokenizer": "prefix", "NllbTokenizer": "prefix",
                          "MBartTokenizer": "suffix"}
+DEFAULT_SOURCE_LANGUAGE = {"MBart50Tokenizer": "en_XX", "M2M100Tokenizer": "__en__", "NllbTokenizer": "eng_Latn",
+                           "MBartTokenizer": "en_XX"}
 CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # PreTrainedTokenizerBase.clean_up_tokenization
 
@@ -47,7 +51,7 @@ class FastTokenizer(Tokenizer):
         self.language_place = SOURCE_LANGUAGE_PLACE.get(self.tokenizer_class)
         if self.language_place == "prefix" and config.get("legacy_behaviour"):  # NLLB's old layout
             self.language_place = "suffix"
-        self.src_lang = config.get("src_lang")
+        self.src_lang = config.get("src_lang") or DEFAULT_SOURCE_LANGUAGE.get(self.tokenizer_class)
         self.eos_token = _token(config.get("eos_token", "</s>"))
         self.pad_id = self._id(_token(config.get("pad_token", "<pad>")), "pad_token")
         self.eos_id = self._id(self.eos_token, "eos_token")
@@ -84,7 +88,9 @@ class FastTokenizer(Tokenizer):
         return self.backend.token_to_id(code)
 
     def _post_processor(self, src_lang):
-        """The saved special-token template, or one that places `src_lang`'s code as the HF class does."""
+        """The template placing the source language's code as the HF class does (src_lang, else the configured or
+        the class's default one, as HF's from_pretrained re-applies it); the saved one for other families."""
+        src_lang = src_lang or (self.src_lang if self.language_place else None)
         if src_lang is None:
             return self.saved_post_processor
         code = (src_lang, self.language_id(src_lang, "src_lang"))

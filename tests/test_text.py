@@ -7,12 +7,14 @@ skip_special_tokens=True)`; for mBART-50 and NLLB also with src_lang set on the 
 the target language's id.
 """
 import json
+import shutil
 
 import pytest
 
 import minitransformer as mt
 from minitransformer.cli import main
 from minitransformer.tokenizer_json import clean_up_tokenization
+from minitransformer.translate import translate_texts
 
 from conftest import FIXTURES
 
@@ -34,16 +36,32 @@ def test_every_family_but_marian_has_recorded_text():
     assert not (FIXTURES / "t5-v1" / "spiece.model").exists()  # a T5 with tokenizer.json only
 
 
+def _tokenizer(name, record, model, tmp_path):
+    """The fixture's tokenizer; for a record made with another HF class reading the same files (mBART-cc25's) or
+    with legacy_behaviour (NLLB), a copy whose tokenizer_config.json says so."""
+    if "config_overrides" not in record:
+        return model.tokenizer
+    for path in (FIXTURES / name).glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **record["config_overrides"]}))
+    return mt.Tokenizer.from_dir(tmp_path, model.spec.n_vocab)
+
+
 @pytest.mark.parametrize("name, index, kind", _cases())
-def test_text_out_equals_hf(name, index, kind, load_fixture):
+def test_text_out_equals_hf(name, index, kind, load_fixture, tmp_path):
     model = load_fixture(name)[0]
     record = _records(name)[index]
-    tokenizer = model.tokenizer
+    tokenizer = _tokenizer(name, record, model, tmp_path)
     assert tokenizer.encode(record["sources"], record["src_lang"]) == record["input_ids"]
     kwargs = record[kind]["generate_kwargs"]
-    texts = model.translate(record["sources"], src_lang=record["src_lang"], tgt_lang=record["tgt_lang"],
-                            max_new_tokens=kwargs["max_new_tokens"], num_beams=kwargs["num_beams"])
+    texts, _ = translate_texts(model, tokenizer, record["sources"], src_lang=record["src_lang"],
+                               tgt_lang=record["tgt_lang"], max_new_tokens=kwargs["max_new_tokens"],
+                               num_beams=kwargs["num_beams"])
     assert texts == record[kind]["texts"]
+    if "config_overrides" not in record:  # the one-call API gives the same
+        assert model.translate(record["sources"], src_lang=record["src_lang"], tgt_lang=record["tgt_lang"],
+                               max_new_tokens=kwargs["max_new_tokens"], num_beams=kwargs["num_beams"]) == texts
 
 
 @pytest.mark.parametrize("name", TEXT_FIXTURES)
@@ -71,9 +89,13 @@ def test_the_records_exercise_what_they_should():
     flan = _records("flan-t5-tiny")[0]
     assert all(ids[0] == 65 for ids in flan["input_ids"])  # "summarize:" is the prompt token the model was trained on
     for name in LANGUAGE_FIXTURES:
-        default, *pairs = _records(name)
+        records = _records(name)
+        default, *pairs = [r for r in records if "config_overrides" not in r]
         assert len(pairs) == 2 and all(p["greedy"]["texts"] != default["greedy"]["texts"] for p in pairs)
         assert len({tuple(p["input_ids"][0]) for p in [default] + pairs}) == 3  # the source code differs
+        suffixed = [r for r in records if "config_overrides" in r]
+        assert len(suffixed) == 2 and all(r["input_ids"][0][-2:] == [2, default["input_ids"][0][0]]
+                                          for r in suffixed[:1])  # text </s> [code]: the code after eos
 
 
 @pytest.mark.parametrize("name", LANGUAGE_FIXTURES)
@@ -134,5 +156,20 @@ def test_a_broken_tokenizer_json_is_named(tmp_path):
     with pytest.raises(mt.ModelError, match="tokenizer.json: not a tokenizers file"):
         mt.Tokenizer.from_dir(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
-    with pytest.raises(mt.ModelError, match="no tokenizer found"):
+    with pytest.raises(mt.ModelError, match=r"no tokenizer found \(expected tokenizer.json, or OPUS-MT's"):
         mt.Tokenizer.from_dir(tmp_path)
+    (tmp_path / "spiece.model").write_bytes(b"")  # a T5 saved without its fast tokenizer
+    with pytest.raises(mt.ModelError, match=r"spiece.model found: write a tokenizer.json with transformers"):
+        mt.Tokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("name", LANGUAGE_FIXTURES)
+def test_without_a_configured_source_language_the_class_default_is_placed(name, tmp_path):
+    """HF's classes fall back to en_XX (mBART-50) and eng_Latn (NLLB), the fixtures' configured ones: the same ids."""
+    for path in (FIXTURES / name).glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config.pop("src_lang") in ("en_XX", "eng_Latn")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    record = _records(name)[0]
+    assert mt.Tokenizer.from_dir(tmp_path).encode(record["sources"]) == record["input_ids"]

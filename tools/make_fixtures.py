@@ -566,6 +566,8 @@ DECODE_SOURCES = ("hello . world , is n't it ? yes ! they 're here , I 'm sure",
 FLAN_PROMPT = "summarize:"  # flan-t5-tiny's prompt id (the last one) as one added token: its sources start with it
 MBART50_CODES = ("de_DE", "en_XX", "fr_XX", "ro_RO", "zh_CN")  # mbart-tiny's ids 70..74; de_DE (70) forced first
 NLLB_CODES = ("deu_Latn", "eng_Latn", "fra_Latn", "ron_Latn", "zho_Hans")  # m2m100-tiny's ids 75..79; deu_Latn forced
+LANGUAGE_VARIANTS = {"MBart50TokenizerFast": ("MBartTokenizerFast", {}),
+                     "NllbTokenizerFast": ("NllbTokenizerFast", {"legacy_behaviour": True})}
 # tokenizer rows: the HF tokenizer class, how the backend is built, language codes, clean_up_tokenization_spaces
 TOKENIZERS = {
     "bart-tiny": dict(hf_class="BartTokenizerFast", backend="byte_bpe", codes=(), clean_up=True),
@@ -702,6 +704,13 @@ def make_tokenizer(name):
             for src_lang, tgt_lang in ((codes[2], codes[3]), (codes[4], codes[1])):
                 tokenizer = transformers.AutoTokenizer.from_pretrained(stage)
                 records.append(record_texts(model, tokenizer, spec, sources, src_lang, tgt_lang))
+            # the other placement of the source code, `text </s> [code]`: the same files read as mBART-cc25's class
+            # reads them, or with NLLB's legacy_behaviour; `config_overrides` is what tokenizer_config.json then says
+            hf_class, overrides = LANGUAGE_VARIANTS[row["hf_class"]]
+            for src_lang, tgt_lang in ((None, None), (codes[2], codes[3])):
+                tokenizer = getattr(transformers, hf_class).from_pretrained(stage, **overrides)
+                records.append(dict(record_texts(model, tokenizer, spec, sources, src_lang, tgt_lang),
+                                    config_overrides=dict(overrides, tokenizer_class=hf_class)))
         n_vocab = spec.config["vocab_size"]
         decode_ids = [tokenizer(text)["input_ids"] for text in DECODE_SOURCES]  # spaces before punctuation, specials
         decode_ids += [list(range(n_vocab)), list(range(n_vocab))[::-1]]  # every id, next to every kind of neighbour
