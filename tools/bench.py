@@ -86,12 +86,81 @@ def build_export(work_dir, seed):
     model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
     model.save_pretrained(hf_dir)
     t0 = time.perf_counter()
-    subprocess.run(["optimum-cli", "export", "onnx", "--model", hf_dir, "--task", "text2text-generation-with-past",
-                    onnx_dir], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([tool_path("optimum-cli"), "export", "onnx", "--model", hf_dir,
+                    "--task", "text2text-generation-with-past", onnx_dir], check=True, stdout=subprocess.DEVNULL)
     print(f"exported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     with open(stamp, "w") as f:
         json.dump(wanted, f)
     return onnx_dir
+
+
+def tool_path(name):
+    """A console script of this interpreter's environment (the venv need not be activated), else from PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.path.exists(beside) else name
+
+
+def extracted_dir(work_dir, onnx_dir):
+    """The export written by `minitransformer extract` once, beside it: -> that directory."""
+    out = os.path.join(work_dir, "extracted")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        from minitransformer.extract import write_extracted
+        write_extracted(onnx_dir, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fresh processes
+
+# Run in a fresh interpreter: load a model dir, then optionally generate. Prints one JSON line:
+# import_s (import minitransformer), load_s (load), first_token_s (load + encode + one decode step),
+# generate_s, peak_rss_bytes (ru_maxrss of the whole process).
+_PROBE = """
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import minitransformer as mt
+t1 = time.perf_counter()
+path, n_src, n_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model = mt.load(path)
+t2 = time.perf_counter()
+src = np.random.default_rng(0).integers(1, model.spec.n_vocab - 1, size=(1, n_src))
+result = {"import_s": t1 - t0, "load_s": t2 - t1}
+if n_new:
+    model.generate(src, max_new_tokens=1)
+    result["first_token_s"] = time.perf_counter() - t1
+    t3 = time.perf_counter()
+    model.generate(src, max_new_tokens=n_new, min_new_tokens=n_new)
+    result["generate_s"] = time.perf_counter() - t3
+result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(result))
+"""
+
+
+def probe(path, n_src, n_new, threads):
+    """One fresh-process measurement (see _PROBE) -> dict."""
+    env = {**os.environ, **{v: str(threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                      "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    out = subprocess.run([sys.executable, "-c", _PROBE, path, str(n_src), str(n_new)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fresh_process_figures(onnx_dir, work_dir, n_src, n_new, threads, reps=3):
+    """first token and peak RSS from an extracted dir, load time and peak RSS from the export dir; medians."""
+    extracted = extracted_dir(work_dir, onnx_dir)
+    probe(extracted, n_src, 1, threads)  # fills numba's on-disk cache, so the figures are a warm start
+    runs = {"extracted": [], "export": []}
+    for _ in range(reps):
+        runs["extracted"].append(probe(extracted, n_src, n_new, threads))
+        runs["export"].append(probe(onnx_dir, n_src, 0, threads))
+    med = lambda kind, key: statistics.median(r[key] for r in runs[kind])  # noqa: E731
+    weight_bytes = os.path.getsize(os.path.join(extracted, "model.safetensors"))
+    return {"first_token_s": med("extracted", "first_token_s"), "load_s_extracted_dir": med("extracted", "load_s"),
+            "import_s": med("extracted", "import_s"), "load_s_export_dir": med("export", "load_s"),
+            "peak_rss_bytes_generate_extracted": med("extracted", "peak_rss_bytes"),
+            "peak_rss_bytes_load_export_dir": med("export", "peak_rss_bytes"), "weight_bytes": weight_bytes,
+            "peak_rss_over_weight_bytes": med("extracted", "peak_rss_bytes") / weight_bytes,
+            "peak_rss_over_weight_bytes_export_dir": med("export", "peak_rss_bytes") / weight_bytes, "reps": reps}
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -320,7 +389,8 @@ def profile_decode(model, hidden, mask, step_ids, reps):
             return result
         return wrapper
 
-    def linear_bucket(x, weight, bias=None):  # by shape, so a pre-transposed layout is classified too
+    def linear_bucket(x, *args, **kwargs):  # by shape, so any weight layout or argument name is classified
+        weight = args[0] if args else next(v for k, v in kwargs.items() if k.startswith("weight"))
         if n_vocab in weight.shape:
             return "lm_head matvec"
         if x.shape[-1] == d_ff:
@@ -450,7 +520,30 @@ def summarize(raw, ours="ours"):
     return rows
 
 
-def print_report(env, rows, generate, profile, logits_diff):
+def headline(rows, generate, fresh, env):
+    """The issue's figures: ours / the fastest ONNX Runtime loop at the same thread count, and raw ms."""
+    ort = [name for name in rows if name.startswith("ort-")]
+    best_step = min(ort, key=lambda name: rows[name]["step_ms"])
+    best_encoder = min(ort, key=lambda name: rows[name]["encoder_ms"])
+    figures = {"decode_step_ratio_vs_ort": rows["ours"]["step_ms"] / rows[best_step]["step_ms"],
+               "encoder_ratio_vs_ort": rows["ours"]["encoder_ms"] / rows[best_encoder]["encoder_ms"],
+               "decode_step_ms": rows["ours"]["step_ms"], "decode_step_ms_ort": rows[best_step]["step_ms"],
+               "decode_step_ort_engine": best_step, "encoder_ms": rows["ours"]["encoder_ms"],
+               "encoder_ms_ort": rows[best_encoder]["encoder_ms"], "encoder_ort_engine": best_encoder,
+               "threads": env["threads"], "load_average_start": env["load_average_start"][0],
+               "load_average_end": env["load_average_end"][0]}
+    if generate:
+        ms = generate["ms_per_token"]
+        figures.update(beam4_step_ratio_vs_ort=ms["ours beam4"] / ms["ort-split beam4"],
+                       beam4_step_ms=ms["ours beam4"], beam4_step_ms_ort=ms["ort-split beam4"],
+                       greedy_step_ms=ms["ours greedy"], greedy_step_ms_ort=ms["ort-split greedy"])
+    if fresh:
+        figures.update({key: fresh[key] for key in ("first_token_s", "peak_rss_over_weight_bytes", "load_s_export_dir",
+                                                    "peak_rss_over_weight_bytes_export_dir", "weight_bytes")})
+    return figures
+
+
+def print_report(env, rows, generate, profile, logits_diff, fresh=None):
     print(f"\nenvironment: {env['cpu']}, {env['cores_usable']}/{env['cores']} cores usable, Python {env['python']}, "
           f"numpy {env['numpy']} (OpenBLAS {env['openblas_threads']} threads, {env['openblas_core']} kernels), "
           f"numba {env['numba']}, onnxruntime {env['onnxruntime']}; threads={env['threads']}; "
@@ -474,6 +567,14 @@ def print_report(env, rows, generate, profile, logits_diff):
             a, b = generate["ms_per_token"][f"ours {label}"], generate["ms_per_token"][f"ort-split {label}"]
             print(f"  {label:<7} ours {a:7.2f}   ort-split (reference_generate) {b:7.2f}   ratio {a / b:.2f}   "
                   f"tokens {generate['tokens'][f'ours {label}']}, identical outputs: {generate['identical'][label]}")
+    if fresh:
+        f = fresh
+        print(f"\nfresh processes (warm numba cache, medians of {f['reps']}): import {f['import_s']:.2f} s; from an "
+              f"extracted dir load {f['load_s_extracted_dir']:.2f} s, load to first token {f['first_token_s']:.2f} s, "
+              f"peak RSS of a {env['n_steps']}-token generate {f['peak_rss_bytes_generate_extracted'] / 1e6:.0f} MB = "
+              f"{f['peak_rss_over_weight_bytes']:.2f}x model.safetensors ({f['weight_bytes'] / 1e6:.0f} MB); "
+              f"from the export dir load {f['load_s_export_dir']:.2f} s, peak RSS "
+              f"{f['peak_rss_bytes_load_export_dir'] / 1e6:.0f} MB ({f['peak_rss_over_weight_bytes_export_dir']:.2f}x)")
     if profile:
         p = profile
         print(f"\nprofile of {p['engine']}'s decode step: {p['step_ms_uninstrumented']:.2f} ms uninstrumented, "
@@ -513,6 +614,7 @@ def main():
     parser.add_argument("--no-raw", action="store_true", help="skip the hand-written session.run loops")
     parser.add_argument("--no-generate", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-fresh", action="store_true", help="skip the fresh-process figures (first token, RSS, load)")
     parser.add_argument("--build-only", action="store_true", help="build the model and stop")
     parser.add_argument("--json", metavar="PATH", help="also write every result as JSON here ('-' for stdout)")
     args = parser.parse_args()
@@ -567,13 +669,17 @@ def main():
         target = next(e.model for e in engines if e.name == args.profile_engine)
         profile = profile_decode(target, target.encode(src, mask), mask, step_ids, reps=2)
         profile["engine"] = args.profile_engine
+    fresh = None
+    if not args.no_fresh:
+        print("fresh processes: first token, peak RSS, load from the export dir", file=sys.stderr)
+        fresh = fresh_process_figures(model_dir, args.work_dir, args.src_len, args.steps, args.threads)
     env["load_average_end"] = os.getloadavg()
-    print_report(env, rows, generate, profile, logits_diff)
+    print_report(env, rows, generate, profile, logits_diff, fresh)
     if args.json:
-        result = {"environment": env, "decode": rows, "max_abs_logits_diff": logits_diff,
-                  "generate": generate, "profile": profile,
+        result = {**headline(rows, generate, fresh, env), "environment": env, "decode": rows,
+                  "max_abs_logits_diff": logits_diff, "generate": generate, "fresh_process": fresh, "profile": profile,
                   "raw_seconds": {k: {m: v for m, v in r.items() if m != "steps"} for k, r in raw.items()}}
-        text = json.dumps(result, indent=1)
+        text = json.dumps(result)  # one line: `--json -` makes it the last line of stdout
         if args.json == "-":
             print(text)
         else:
