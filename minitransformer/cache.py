@@ -50,10 +50,15 @@ class KVCache:
         return self.key[layer, :, :, :self.n_past], self.value[layer, :, :, :self.n_past]
 
     def reorder(self, batch_index):
-        """Beam search: row i continues the hypothesis of row batch_index[i] (only filled slots move)."""
+        """Beam search: row i continues the hypothesis of row batch_index[i]. In place: only the rows whose
+        origin changed are written, and only their filled slots; their sources are read out first."""
+        batch_index = np.asarray(batch_index)
+        moved = np.flatnonzero(batch_index != np.arange(len(batch_index)))
+        if moved.size == 0:
+            return
         filled = slice(0, self.n_past)
-        self.key[:, :, :, filled] = self.key[:, batch_index, :, filled]
-        self.value[:, :, :, filled] = self.value[:, batch_index, :, filled]
+        for cache in (self.key, self.value):  # [n_layer, n_moved, n_head, n_past, d_head] copied, then written
+            cache[:, moved, :, filled] = cache[:, batch_index[moved], :, filled]
 
 
 class CrossKV:

@@ -11,6 +11,7 @@ Pure rules over the graph:
 - the encoder graph names have no `model.encoder.` prefix;
 - a tensor found in several graphs must be bit-identical everywhere.
 """
+import dataclasses
 import json
 import os
 import re
@@ -20,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from safetensors.numpy import save_file
 
 from .errors import ModelError
 from .families import canonical_names, encoder_root, spec_from_config, tie_groups
-from .weights import (QUANTIZED_PARTS, WEIGHTS_FILE, expected_shapes, quantized_base, resolve_ties, same_tensor,
-                      to_canonical, validate)
+from .onnxfile import ParsedInitializer, read_model
+from .weights import (QUANTIZED_PARTS, WEIGHTS_FILE, expected_shapes, quantized_base, read_json, resolve_ties,
+                      same_tensor, to_canonical, validate)
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILES = ("decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
@@ -53,31 +54,18 @@ class Found:
     transform: str  # "none" or "transpose"
 
 
-def read_json(path, required=True):
-    if not os.path.exists(path):
-        if required:
-            raise ModelError(f"{path}: file not found")
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ModelError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def load_graph(path):
+    """-> (onnx.ModelProto without its top-level initializers, {name: initializer}): the file is read once and
+    memory-mapped, the weights stay in it (onnxfile.read_model)."""
     try:
-        model = onnx.load(path, load_external_data=True)
+        model, initializers = read_model(path)
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
     except Exception as e:  # onnx raises DecodeError, ValueError, OSError... for a damaged file
         raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: the ONNX graph has no nodes")
-    return model
+    return model, initializers
 
 
 def _all_nodes(graph):
@@ -90,7 +78,7 @@ def _all_nodes(graph):
 
 
 def _all_initializers(graph):
-    found = {init.name: init for init in graph.initializer}
+    found = {init.name: ParsedInitializer(init, "") for init in graph.initializer}
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
@@ -100,7 +88,7 @@ def _all_initializers(graph):
 
 def _to_array(initializer, file_name):
     try:
-        return numpy_helper.to_array(initializer)
+        return initializer.to_array()
     except Exception as e:  # a damaged tensor: its bytes do not fit its declared shape or type
         raise ModelError(f"{file_name}: initializer {initializer.name!r} is damaged ({type(e).__name__}: "
                          f"{str(e)[:120]})") from None
@@ -124,12 +112,13 @@ def _is_transpose_2d(node):
     return perm == [1, 0]
 
 
-def graph_weights(model, file_name, root=""):
+def graph_weights(model, file_name, root="", initializers=None):
     """-> (list of Found, names of float initializers no weight rule claimed).
 
     `root` is the prefix this graph's names leave out (the encoder graph's); global names keep theirs.
+    `initializers` are the top-level ones load_graph kept out of the parsed model.
     """
-    initializers = _all_initializers(model.graph)
+    initializers = {**(initializers or {}), **_all_initializers(model.graph)}
     all_producers = {out: node for node in _all_nodes(model.graph) for out in node.output}
     producers = {out: node for out, node in all_producers.items() if node.op_type in _ALIASING_OPS}
     values = {}
@@ -272,19 +261,26 @@ def _check_graph_heads(outputs, file_name, spec):
                              f"[batch, {spec.n_head_decoder} heads, length, {spec.d_head}] from config.json")
 
 
-def collect(found):
-    """Group the places by name; one name must have the same bits everywhere it is read."""
-    by_name = {}
+def same_bits(a, b):
+    """Equal shape, dtype and bits (NaN equals NaN, -0.0 differs from 0.0), compared without copying either."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    as_bits = np.dtype(f"u{a.dtype.itemsize}")
+    return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))
+
+
+def collect(found, by_name=None):
+    """Group the places by name into by_name; one name must have the same bits everywhere it is read. A repeated
+    place keeps the first one's array, so the file its own came from can be unmapped."""
+    by_name = {} if by_name is None else by_name
     for place in found:
         first = by_name.setdefault(place.name, [place])[0]
         if place is first:
             continue
-        same = (first.value.shape == place.value.shape and first.value.dtype == place.value.dtype
-                and first.value.tobytes() == place.value.tobytes())
-        if not same:
+        if not same_bits(first.value, place.value):
             raise ModelError(f"tensor {place.name} differs between {first.file} (initializer {first.initializer}) "
                              f"and {place.file} (initializer {place.initializer})")
-        by_name[place.name].append(place)
+        by_name[place.name].append(dataclasses.replace(place, value=first.value))
     return by_name
 
 
@@ -336,20 +332,19 @@ def extract(onnx_dir, quantized=None):
     generation_config = read_json(os.path.join(onnx_dir, "generation_config.json"), required=False)
     spec = spec_from_config(config)
     quantized = choose_quantized(onnx_dir, quantized)
-    found, unclaimed, decoder_outputs, attention_kinds = [], {}, {}, {}
-    for file_name in graph_files(onnx_dir, quantized):
-        model = load_graph(os.path.join(onnx_dir, file_name))
+    by_name, unclaimed, decoder_outputs, attention_kinds = {}, {}, {}, {}
+    for file_name in graph_files(onnx_dir, quantized):  # each graph read once; repeats of earlier weights dropped
+        model, initializers = load_graph(os.path.join(onnx_dir, file_name))
         is_encoder = file_name == graph_file_name(ENCODER_FILE, quantized)
         if not is_encoder:
             decoder_outputs[file_name] = model.graph.output
         root = encoder_root(spec) if is_encoder else ""
-        places, unclaimed[file_name] = graph_weights(model, file_name, root)
+        places, unclaimed[file_name] = graph_weights(model, file_name, root, initializers)
         attention_kinds[file_name] = integer_attention(model)
-        found += places
+        collect(places, by_name)
     if len(set(attention_kinds.values())) > 1:
         raise ModelError(f"{onnx_dir}: some graphs quantize the attention products and some do not "
                          f"({', '.join(f for f, kind in attention_kinds.items() if kind)} do)")
-    by_name = collect(found)
     expected = set(canonical_names(spec, expected_shapes(spec)).values())
     groups = tie_groups(config)
     aliases = {name for group in groups for name in group}

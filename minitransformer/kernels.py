@@ -1,32 +1,37 @@
-"""numba versions of `attention.attend`, with the same signature and the same float32 math.
+"""numba kernels: `attention.attend` with the same signature and math, and the few-row linear of a decode step.
 
 The loops are the shape llama2.c gives them: for each (batch, head, query), scores over the keys,
 a safe softmax, and the weighted sum of values. The bias is broadcast (zero strides, no copy).
 fastmath leaves out nnan/ninf so the finite MASKED value keeps its meaning.
 """
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 
-@numba.njit(cache=True, fastmath=_FASTMATH)
-def _attend_loops(q, k, v, bias, scale, out):
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _attend_loops(q, k, v, n_k, bias, scale, out):
+    # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read.
+    # The arithmetic is in the inputs' dtype: float32 for a float32 model, float64 for its float64 arbiter.
     n_batch, n_head, n_tgt, d_head = q.shape
-    n_k = k.shape[2]
-    scores = np.empty(n_k, dtype=np.float32)
+    scores = np.empty(n_k, dtype=q.dtype)
     for b in range(n_batch):
         for h in range(n_head):
             for i in range(n_tgt):
-                row_max = np.float32(-np.inf)
                 for j in range(n_k):
-                    dot = np.float32(0.0)
-                    for e in range(d_head):
+                    dot = q[b, h, i, 0] * k[b, h, j, 0]
+                    for e in range(1, d_head):
                         dot += q[b, h, i, e] * k[b, h, j, e]
-                    s = dot * scale + bias[b, h, i, j]
-                    scores[j] = s
-                    row_max = max(row_max, s)
-                total = np.float32(0.0)
+                    scores[j] = dot * scale + bias[b, h, i, j]
+                row_max = scores[0]
+                for j in range(1, n_k):
+                    row_max = max(row_max, scores[j])
+                total = scores[0] - scores[0]
                 for j in range(n_k):
                     scores[j] = np.exp(scores[j] - row_max)
                     total += scores[j]
@@ -41,9 +46,117 @@ def _attend_loops(q, k, v, bias, scale, out):
 def attend(q, k, v, bias, scale):
     # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
     n_batch, n_head, n_tgt, _ = q.shape
-    bias = np.broadcast_to(bias, (n_batch, n_head, n_tgt, k.shape[2]))
-    # head-split projections and cache slices are strided views; contiguous copies let LLVM vectorize the loops
-    q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
-    out = np.empty(q.shape, dtype=np.float32)
-    _attend_loops(q, k, v, bias, np.float32(scale), out)
+    n_k = k.shape[2]
+    bias = np.broadcast_to(np.asarray(bias, dtype=q.dtype), (n_batch, n_head, n_tgt, n_k))
+    # C-order arrays let LLVM vectorize the loops: head-split projections are copied, cache views are not
+    q, k, v = np.ascontiguousarray(q), _dense_rows(k), _dense_rows(v)
+    out = np.empty(q.shape, dtype=q.dtype)
+    _attend_loops(q, k, v, n_k, bias, q.dtype.type(scale), out)
     return out
+
+
+def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head, m >= n, d_head]
+    """A cache view (the first n of the cache's m rows per head) as the C-order array of all m rows over the same
+    memory, so attention reads the cache without copying it; the kernel reads only the first n rows. Any other
+    layout is copied."""
+    n_batch, n_head, n, d_head = a.shape
+    item = a.itemsize
+    if a.flags.c_contiguous or a.strides[3] != item or a.strides[2] != d_head * item or a.strides[1] % a.strides[2]:
+        return np.ascontiguousarray(a)
+    m = a.strides[1] // a.strides[2]  # rows per head in the array this view was cut from
+    if m < n or a.strides[0] != n_head * m * d_head * item:
+        return np.ascontiguousarray(a)
+    return np.lib.stride_tricks.as_strided(a, (n_batch, n_head, m, d_head), writeable=False)
+
+
+# ---------------------------------------------------------------------------------------------- linear, few rows
+
+MATVEC_MAX_ROWS = 8            # up to this many rows (a decode step, its beams) a linear streams its weight once
+SHARE_MIN_BYTES = 16 * 2 ** 20  # weights at least this large (an lm_head) are split between threads
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _matvec_rows(x, weight, bias, out, start, stop):
+    # x [n_rows, d_in], weight [d_out, d_in] C order, bias [d_out] or None -> out[:, start:stop]
+    # weight row j is read once, from memory, for all n_rows dot products; the dtype is the inputs'
+    n_rows, d_in = x.shape
+    for j in range(start, stop):
+        for r in range(n_rows):
+            total = x[r, 0] * weight[j, 0]
+            for i in range(1, d_in):
+                total += x[r, i] * weight[j, i]
+            if bias is not None:
+                total += bias[j]
+            out[r, j] = total
+
+
+class _Helpers:
+    """Threads that help the caller with one big matvec: the weight's rows are cut into chunks that the caller
+    and the helpers claim one at a time, so a helper the OS does not schedule (a loaded machine) costs nothing
+    but the chunk it holds: the caller computes the rest. The kernels release the GIL."""
+
+    def __init__(self):
+        self.pool, self.size = None, 0
+
+    def run(self, n_threads, x, weight, bias, out, n_chunks):
+        if self.size != n_threads - 1:
+            if self.pool is not None:
+                self.pool.shutdown()
+            self.pool, self.size = ThreadPoolExecutor(n_threads - 1, thread_name_prefix="minitransformer"), n_threads - 1
+        bounds = np.linspace(0, weight.shape[0], n_chunks + 1).astype(np.int64)
+        claim = itertools.count().__next__  # atomic under the GIL: each chunk is claimed once
+
+        def work():
+            chunk = claim()
+            while chunk < n_chunks:
+                _matvec_rows(x, weight, bias, out, bounds[chunk], bounds[chunk + 1])
+                chunk = claim()
+
+        helpers = [self.pool.submit(work) for _ in range(self.size)]
+        work()
+        for helper in helpers:
+            helper.result()
+
+
+_HELPERS = _Helpers()
+
+
+def thread_count():
+    """MINITRANSFORMER_THREADS, else the cores this process may run on."""
+    value = os.environ.get("MINITRANSFORMER_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+
+
+def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
+    """x Wᵀ + b for a few rows, reading W once; W in HF's [d_out, d_in] layout, each row one dot product."""
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
+    if weight.nbytes >= SHARE_MIN_BYTES and thread_count() > 1:
+        _HELPERS.run(thread_count(), x, weight, bias, out, n_chunks=8 * thread_count())
+    else:
+        _matvec_rows(x, weight, bias, out, 0, weight.shape[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+@numba.njit(cache=True, nogil=True)
+def _transpose_into(a, out):  # a [n, m] C order -> out [m, n] C order, in tiles that stay in cache
+    n, m = a.shape
+    tile = 64
+    for i0 in range(0, n, tile):
+        for j0 in range(0, m, tile):
+            for j in range(j0, min(j0 + tile, m)):
+                for i in range(i0, min(i0 + tile, n)):
+                    out[j, i] = a[i, j]
+
+
+def c_order(a, dtype):  # any array -> C-order array of `dtype` with the same values (a itself when it is one)
+    """np.ascontiguousarray, with a tiled copy for a transposed float matrix (an ONNX [in, out] linear weight
+    read as HF's [out, in]): numpy's strided copy of one is 10x slower."""
+    if a.ndim == 2 and a.dtype == dtype and a.T.flags.c_contiguous and not a.flags.c_contiguous:
+        out = np.empty(a.shape, dtype=dtype)
+        _transpose_into(a.T, out)
+        return out
+    return np.ascontiguousarray(a, dtype=dtype)

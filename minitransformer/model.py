@@ -12,12 +12,11 @@ import numpy as np
 from . import attention, kernels
 from .cache import CrossKV, KVCache
 from .errors import ModelError
-from .extract import read_json
 from .families import module_name, spec_from_config, tie_groups
 from .observe import Recorder, named
 from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
 from .quant import QuantizedWeight
-from .weights import (WEIGHTS_FILE, compute_layout, hf_layout, read_metadata, read_safetensors, resolve_ties,
+from .weights import (WEIGHTS_FILE, compute_layout, read_json, read_metadata, read_safetensors, resolve_ties,
                       unflatten, validate)
 
 INITIAL_CACHE_LEN = 256  # target positions allocated up front; the cache doubles past them
@@ -188,9 +187,8 @@ class Model:
         self.config = config
         self.generation_config = generation_config
         self.manifest = manifest
-        laid_out = compute_layout(tensors)   # linear weights transposed once, here
-        self.tensors = hf_layout(laid_out)   # by common slot name in HF's layout, as views of the laid-out arrays
-        params = unflatten(laid_out)
+        self.tensors = tensors   # by common slot name, in HF's layout: the matvec reads W [d_out, d_in] row by row
+        params = unflatten(tensors)
         self.params = {"encoder": params["model"]["encoder"], "decoder": params["model"]["decoder"],
                        "lm_head": params["lm_head"], "final_logits_bias": params.get("final_logits_bias")}
         self.kernel = kernel
@@ -201,14 +199,14 @@ class Model:
         self._tokenizer = None
         # int8: the linears hold QuantizedWeights; a graph that also quantizes its attention products
         # (ORTQuantizer) is followed by attend_integer
-        self.quantized = any(isinstance(t, QuantizedWeight) for t in laid_out.values())
+        self.quantized = any(isinstance(t, QuantizedWeight) for t in self.tensors.values())
         self.integer_attention = integer_attention
         if integer_attention:
             self.attend = attention.attend_integer
 
     @property
     def dtype(self):
-        return self.params["lm_head"]["weight_t"].dtype
+        return self.params["lm_head"]["weight"].dtype
 
     def astype(self, dtype):
         """The same model computing in `dtype`: float64 is the arbiter, the graph's function without float32 rounding.

@@ -8,13 +8,25 @@ import math
 import numba
 import numpy as np
 
+from . import kernels
 from .quant import QuantizedWeight
 
 
-def linear(x, weight_t, bias=None):  # [..., d_in] -> [..., d_out]; weight_t [d_in, d_out], HF's weight transposed
-    """x W + b; in an int8 model weight_t is a QuantizedWeight, applied exactly as the quantized graph does."""
-    y = weight_t.matmul(x) if isinstance(weight_t, QuantizedWeight) else x @ weight_t
-    return y if bias is None else y + bias
+def linear(x, weight, bias=None):  # [..., d_in] -> [..., d_out]; weight [d_out, d_in] as HF stores it
+    """x Wᵀ + b. A float weight: a few rows (a decode step, its beams) go to the numba matvec, which streams each
+    weight row once (a decode step is memory-bound), more rows (the encoder, teacher forcing) to BLAS. In an int8
+    model the weight is a QuantizedWeight, applied exactly as the quantized graph does."""
+    if isinstance(weight, QuantizedWeight):
+        y = weight.matmul(x)
+        return y if bias is None else y + bias
+    rows = x.reshape(-1, x.shape[-1])                                   # [n_rows, d_in]
+    if rows.shape[0] <= kernels.MATVEC_MAX_ROWS:
+        y = kernels.matvec(rows, weight, bias)                          # [n_rows, d_out]
+    else:
+        y = rows @ weight.T
+        if bias is not None:
+            y += bias
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def layer_norm(x, weight, bias, eps):  # [..., d] -> [..., d]

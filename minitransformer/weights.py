@@ -1,13 +1,20 @@
-"""Weights by canonical Hugging Face name: what a Spec expects, validation, safetensors in and out.
+"""Weights by canonical Hugging Face name: what a Spec expects, validation, safetensors in and out, and the
+JSON files beside them. No onnx here: loading an extracted directory does not import it.
 
 Every tensor is looked up by name and refused with "got [..], expected [..]" (whisper.cpp's habit).
 """
+import json
+import math
+import mmap
+import os
+import struct
+
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file
 
 from .errors import ModelError
 from .families import canonical_names
+from .kernels import c_order
 from .quant import QuantizedWeight, dequantize
 
 WEIGHTS_FILE = "model.safetensors"
@@ -131,8 +138,8 @@ def validate(tensors, spec, source, hint=""):
         elif tensor.dtype not in (np.float32, np.float16):
             raise ModelError(f"{source}: tensor {name}: got dtype {tensor.dtype}, expected float32 (or int8/uint8 "
                              f"with {name}_scale and {name}_zero_point)")
-        checked[common] = np.ascontiguousarray(tensor) if tensor.dtype.kind in "iu" else \
-            np.ascontiguousarray(tensor, dtype=np.float32)
+        # no copy for a mapped file in HF layout; a transposed view (an ONNX [in, out] weight) is laid out once
+        checked[common] = c_order(tensor, tensor.dtype if tensor.dtype.kind in "iu" else np.float32)
     return checked
 
 
@@ -161,12 +168,12 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc1_up", "fc
 
 
 def compute_layout(tensors):
-    """HF layout -> the layout the math reads: every linear weight [d_out, d_in] becomes a contiguous
-    `weight_t` [d_in, d_out], so `x @ weight_t` streams rows (a matvec per step reads it once, in order).
+    """Validated tensors -> the values the math reads. Float weights stay as they are, in HF's [d_out, d_in]
+    layout, which the few-row matvec streams row by row and BLAS reads transposed (no copy).
 
-    In an int8 model a quantized linear weight becomes a `QuantizedWeight` (kept in HF's [d_out, d_in], the
-    layout its integer matvec streams), and a quantized table (embeddings, positions, T5's relative bias) is
-    dequantized once here: DequantizeLinear after a Gather gives the same float32 values row by row.
+    In an int8 model a quantized linear weight becomes a `QuantizedWeight` (also [d_out, d_in]), and a quantized
+    table (embeddings, positions, T5's relative bias) is dequantized once here: DequantizeLinear after a Gather
+    gives the same float32 values row by row.
     """
     laid_out = {}
     for name, tensor in tensors.items():
@@ -175,26 +182,17 @@ def compute_layout(tensors):
         parts = name.split(".")
         linear = parts[-1] == "weight" and len(parts) > 1 and parts[-2] in LINEAR_MODULES
         if isinstance(tensor, QuantizedWeight):  # already laid out (Model.astype passes a model's own tensors)
-            laid_out[name + "_t"] = tensor
+            laid_out[name] = tensor
         elif tensor.dtype.kind in "iu":
             scale, zero_point = tensors[name + "_scale"], tensors[name + "_zero_point"]
             if linear:
-                laid_out[name + "_t"] = QuantizedWeight(tensor, scale, zero_point)
+                laid_out[name] = QuantizedWeight(tensor, scale, zero_point)
             else:
                 rows = (-1, 1) if scale.ndim else ()
                 laid_out[name] = dequantize(tensor, scale.reshape(rows), zero_point.reshape(rows))
-        elif linear:
-            laid_out[name + "_t"] = np.ascontiguousarray(tensor.T)
         else:
             laid_out[name] = tensor
     return laid_out
-
-
-def hf_layout(laid_out):
-    """The inverse of compute_layout, as views: no copy is made (a QuantizedWeight stays itself)."""
-    return {name.removesuffix("_t") if name.endswith(".weight_t") else name:
-            tensor.T if name.endswith(".weight_t") and isinstance(tensor, np.ndarray) else tensor
-            for name, tensor in laid_out.items()}
 
 
 def unflatten(tensors):
@@ -218,11 +216,59 @@ def _lists_from_digit_keys(node):
     return node
 
 
-def read_safetensors(path):
-    """-> {name: array}; a missing or corrupt file is a ModelError naming it."""
+def read_json(path, required=True):
+    if not os.path.exists(path):
+        if required:
+            raise ModelError(f"{path}: file not found")
+        return {}
     try:
-        return load_file(path)
-    except (OSError, SafetensorError, ValueError) as e:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+_SAFETENSORS_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "U8": np.uint8}
+
+
+def read_safetensors(path):
+    """-> {name: array}, read-only views of the file memory-mapped: no copy, pages read as the math first needs
+    them and shared with every process that maps the same file. A missing, corrupt or truncated file, or a dtype
+    other than float16/32/64 or int8/uint8, is a ModelError naming it.
+
+    The format: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
+    the data, offsets relative to its start."""
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+        raise ModelError(f"{path}: cannot read safetensors ({e})") from None
+    try:
+        (header_len,) = struct.unpack("<Q", mapped[:8]) if len(mapped) >= 8 else (None,)
+        if header_len is None or 8 + header_len > len(mapped):
+            raise ValueError("the header length runs past the end of the file")
+        header = json.loads(mapped[8:8 + header_len])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        data_start, tensors = 8 + header_len, {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+            if dtype is None:
+                raise ValueError(f"tensor {name}: dtype {entry.get('dtype') if isinstance(entry, dict) else entry!r} "
+                                 f"(expected one of {', '.join(_SAFETENSORS_DTYPES)})")
+            shape, (begin, end) = tuple(entry["shape"]), entry["data_offsets"]
+            count = math.prod(shape)
+            if not 0 <= begin <= end <= len(mapped) - data_start or end - begin != count * np.dtype(dtype).itemsize:
+                raise ValueError(f"tensor {name}: data_offsets {[begin, end]} do not fit shape {list(shape)} "
+                                 f"and the file's size")
+            tensors[name] = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + begin).reshape(shape)
+        return tensors
+    except (ValueError, KeyError, TypeError, struct.error) as e:  # json.JSONDecodeError is a ValueError
         raise ModelError(f"{path}: cannot read safetensors ({e})") from None
 
 

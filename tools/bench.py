@@ -140,8 +140,10 @@ def probe(path, n_src, n_new, threads):
     """One fresh-process measurement (see _PROBE) -> dict."""
     env = {**os.environ, **{v: str(threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                       "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-    out = subprocess.run([sys.executable, "-c", _PROBE, path, str(n_src), str(n_new)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", _PROBE, path, str(n_src), str(n_new)], env=env,
                          capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the fresh-process probe on {path} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -445,14 +447,14 @@ def profile_decode(model, hidden, mask, step_ids, reps):
         node = layer
         for key in path:
             node = node[key]
-        return node["weight"]
+        return node["weight"] if "weight" in node else node["weight_t"].T  # weight_t: an older [d_in, d_out] layout
 
-    hf_layout = dec[0]["fc1"]["weight"].shape[0] == d_ff  # False once the package stores [d_in, d_out]
+    hf_layout = weight(dec[0], ("fc1",)).flags.c_contiguous  # False for a package that stores [d_in, d_out]
     as_hf = [[w if hf_layout else np.ascontiguousarray(w.T) for w in (weight(layer, path) for path in names)]
              for layer in dec]
     pre_t = [[np.ascontiguousarray(w.T) for w in ws] for ws in as_hf]
-    lm = model.params["lm_head"]["weight"]
-    lm_hf = lm if lm.shape[0] == n_vocab else np.ascontiguousarray(lm.T)
+    lm = weight(model.params, ("lm_head",))
+    lm_hf = np.ascontiguousarray(lm)
     lm_t = np.ascontiguousarray(lm_hf.T)
     inputs = {spec.d_model: np.ones((1, 1, spec.d_model), np.float32), d_ff: np.ones((1, 1, d_ff), np.float32)}
 
@@ -672,7 +674,10 @@ def main():
     fresh = None
     if not args.no_fresh:
         print("fresh processes: first token, peak RSS, load from the export dir", file=sys.stderr)
-        fresh = fresh_process_figures(model_dir, args.work_dir, args.src_len, args.steps, args.threads)
+        try:
+            fresh = fresh_process_figures(model_dir, args.work_dir, args.src_len, args.steps, args.threads)
+        except RuntimeError as e:  # reported, and the in-process figures are still printed
+            print(f"bench: {e}", file=sys.stderr)
     env["load_average_end"] = os.getloadavg()
     print_report(env, rows, generate, profile, logits_diff, fresh)
     if args.json:

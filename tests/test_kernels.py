@@ -1,0 +1,98 @@
+"""The fast paths against their plain definitions: the few-row linear, cache reorder, the memory-mapped reader."""
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from minitransformer import kernels
+from minitransformer.cache import KVCache
+from minitransformer.errors import ModelError
+from minitransformer.ops import linear
+from minitransformer.weights import read_safetensors
+
+
+def _dot_bound(x, weight, dtype):
+    """The worst-case rounding error of a length-n dot product summed in `dtype` (Higham's γ_n Σ|x_i w_i|),
+    n + 1 terms with the bias: a bound, not an estimate, so it needs no margin."""
+    n = x.shape[-1] + 1
+    unit = np.finfo(dtype).eps / 2
+    return n * unit / (1 - n * unit) * (np.abs(x.astype(np.float64)) @ np.abs(weight.astype(np.float64)).T + 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [1, 4, kernels.MATVEC_MAX_ROWS + 1])
+def test_linear_is_x_wt_plus_b_in_the_inputs_dtype(dtype, n_rows):
+    rng = np.random.default_rng(n_rows)
+    x = rng.standard_normal((n_rows, 1, 67)).astype(dtype)
+    weight, bias = rng.standard_normal((45, 67)).astype(dtype), rng.standard_normal(45).astype(dtype)
+    exact = x.astype(np.float64) @ weight.astype(np.float64).T + bias  # [n_rows, 1, 45]
+    for b in (bias, None):
+        got = linear(x, weight, b)
+        assert got.dtype == dtype and got.shape == (n_rows, 1, 45)
+        want = exact if b is not None else exact - bias
+        assert (np.abs(got - want) <= _dot_bound(x, weight, dtype)).all()
+
+
+def test_a_big_matvec_shared_between_threads_writes_every_row_once(monkeypatch):
+    rng = np.random.default_rng(3)
+    x, weight = rng.standard_normal((4, 64), dtype=np.float32), rng.standard_normal((1001, 64), dtype=np.float32)
+    alone = kernels.matvec(x, weight)
+    monkeypatch.setattr(kernels, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "3")
+    shared = kernels.matvec(x, weight)
+    np.testing.assert_array_equal(shared, alone)  # the same kernel per row, so the same bits
+    assert (np.abs(alone - x.astype(np.float64) @ weight.T) <= _dot_bound(x[:, None], weight, np.float32)[:, 0]).all()
+
+
+def test_attention_reads_a_cache_view_without_copying_it():
+    cache = np.arange(2 * 3 * 10 * 4, dtype=np.float32).reshape(2, 3, 10, 4)  # [n_batch, n_head, max_len, d_head]
+    dense = kernels._dense_rows(cache[:, :, :7])
+    assert np.shares_memory(dense, cache) and dense.flags.c_contiguous and dense.shape == cache.shape
+    np.testing.assert_array_equal(dense[:, :, :7], cache[:, :, :7])
+    copied = kernels._dense_rows(cache[:, :, :7, :2])  # not rows of a C-order array: copied
+    assert not np.shares_memory(copied, cache) and copied.shape == (2, 3, 7, 2)
+
+
+def test_cache_reorder_in_place_equals_gathering_the_rows():
+    rng = np.random.default_rng(5)
+    cache = KVCache(n_layer=2, n_batch=4, n_head=3, capacity=9, d_head=5)
+    for layer in range(2):
+        cache.append(layer, *rng.standard_normal((2, 4, 3, 6, 5), dtype=np.float32))
+    cache.commit(6)
+    for batch_index in ([1, 0, 0, 3], [0, 1, 2, 3], [3, 3, 3, 3], [2, 0, 3, 1]):
+        key, value, buffer = cache.key.copy(), cache.value.copy(), cache.key
+        cache.reorder(np.array(batch_index))
+        assert cache.key is buffer
+        np.testing.assert_array_equal(cache.key[:, :, :, :6], key[:, batch_index, :, :6])
+        np.testing.assert_array_equal(cache.value[:, :, :, :6], value[:, batch_index, :, :6])
+        np.testing.assert_array_equal(cache.key[:, :, :, 6:], key[:, :, :, 6:])  # empty slots untouched
+
+
+def test_safetensors_are_memory_mapped_and_equal_to_the_reference_reader(tmp_path):
+    path = str(tmp_path / "w.safetensors")
+    rng = np.random.default_rng(0)
+    save_file({"a": rng.standard_normal((3, 5), dtype=np.float32), "b": np.arange(4, dtype=np.float16),
+               "c": np.zeros((0, 2), np.float32)}, path)
+    got, want = read_safetensors(path), load_file(path)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and not got[name].flags.writeable
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("damage", ["header past the end", "offsets past the end", "wrong length", "dtype", "short"])
+def test_damaged_safetensors_are_refused_by_file_name(tmp_path, damage):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": np.ones((3, 5), np.float32)}, str(path))
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = bytes(data[8:8 + header_len])
+    edits = {"header past the end": lambda: (10 ** 9).to_bytes(8, "little") + data[8:],
+             "offsets past the end": lambda: data[:8] + header.replace(b"[0,60]", b"[0,99]") + data[8 + header_len:],
+             "wrong length": lambda: data[:8] + header.replace(b"[0,60]", b"[4,60]") + data[8 + header_len:],
+             "dtype": lambda: data[:8] + header.replace(b'"F32"', b'"I32"') + data[8 + header_len:],
+             "short": lambda: data[:5]}
+    damaged = bytes(edits[damage]())
+    assert damaged != bytes(data)
+    path.write_bytes(damaged)
+    with pytest.raises(ModelError, match=r"w\.safetensors: cannot read safetensors"):
+        read_safetensors(str(path))
