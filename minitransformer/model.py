@@ -187,8 +187,10 @@ class Model:
         self.config = config
         self.generation_config = generation_config
         self.manifest = manifest
-        self.tensors = tensors   # by common slot name, in HF's layout: the matvec reads W [d_out, d_in] row by row
-        params = unflatten(tensors)
+        # by common slot name, in HF's layout (the matvec reads W [d_out, d_in] row by row); int8 linears as
+        # QuantizedWeights, int8 tables dequantized
+        self.tensors = compute_layout(tensors)
+        params = unflatten(self.tensors)
         self.params = {"encoder": params["model"]["encoder"], "decoder": params["model"]["decoder"],
                        "lm_head": params["lm_head"], "final_logits_bias": params.get("final_logits_bias")}
         self.kernel = kernel
