@@ -40,10 +40,8 @@ class FastTokenizer(Tokenizer):
     """One tokenizer.json with its tokenizer_config.json."""
 
     def __init__(self, backend, config, path, n_vocab=None):
-        from tokenizers import processors
         self.backend = backend
         self.saved_post_processor = backend.post_processor
-        self.processors = processors
         self.path = path
         self.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
         self.padding_left = config.get("padding_side", "right") == "left"
@@ -90,6 +88,7 @@ class FastTokenizer(Tokenizer):
     def _post_processor(self, src_lang):
         """The template placing the source language's code as the HF class does (src_lang, else the configured or
         the class's default one, as HF's from_pretrained re-applies it); the saved one for other families."""
+        from tokenizers.processors import TemplateProcessing
         src_lang = src_lang or (self.src_lang if self.language_place else None)
         if src_lang is None:
             return self.saved_post_processor
@@ -98,7 +97,7 @@ class FastTokenizer(Tokenizer):
         prefix, suffix = ([code], [eos]) if self.language_place == "prefix" else ([], [eos, code])
         single = [t for t, _ in prefix] + ["$A"] + [t for t, _ in suffix]
         pair = [t for t, _ in prefix] + ["$A", "$B"] + [t for t, _ in suffix]
-        return self.processors.TemplateProcessing(single=single, pair=pair, special_tokens=prefix + suffix)
+        return TemplateProcessing(single=single, pair=pair, special_tokens=prefix + suffix)
 
     def encode(self, texts, src_lang=None):  # list[str] -> list[list[int]]
         """Source ids of each sentence, as the HF tokenizer's (texts)["input_ids"], src_lang set on it if given."""
