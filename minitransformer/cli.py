@@ -74,11 +74,11 @@ def _factor(text):
     return value
 
 
-def load_model(path, note=True):
+def load_model(path, note=True, quantized=None):
     """mt.load; with `note`, a line on stderr when the directory holds both model.safetensors and ONNX graphs
     (translate says it in --json only: the shipped demo holds both)."""
     from .model import load
-    model = load(path)
+    model = load(path, quantized=quantized)
     if note and model.loaded == "model.safetensors" and any(name.endswith(".onnx") for name in os.listdir(path)):
         print(f"{PROG}: note: {path} holds model.safetensors and ONNX graphs; loaded model.safetensors",
               file=sys.stderr)
@@ -87,7 +87,7 @@ def load_model(path, note=True):
 
 def cmd_extract(args):
     from .extract import write_extracted
-    manifest = write_extracted(args.onnx_dir, args.out_dir)
+    manifest = write_extracted(args.onnx_dir, args.out_dir, args.quantized)
     print(f"extracted {len(manifest['tensors'])} tensors from {args.onnx_dir} to {args.out_dir} "
           f"({len(manifest['tied'])} tied names)")
     return 0
@@ -96,7 +96,7 @@ def cmd_extract(args):
 def cmd_generate(args):
     from .generate import resolve_settings
     from .translate import trim
-    model = load_model(args.model_dir)
+    model = load_model(args.model_dir, quantized=args.quantized)
     sources = [_ids(t) for t in args.input_ids]
     input_ids, attention_mask = padded_batch(sources, model.spec.pad_token_id)
     generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
@@ -126,10 +126,11 @@ def cmd_verify(args):
     from .verify import compare, default_sources, summary
     factor = FACTOR if args.factor is None else args.factor
     onnx_dir = args.onnx or args.model_dir
-    if not os.path.exists(os.path.join(onnx_dir, "encoder_model.onnx")) and os.path.isdir(onnx_dir):
+    encoders = ("encoder_model.onnx", "encoder_model_quantized.onnx")
+    if not any(os.path.exists(os.path.join(onnx_dir, name)) for name in encoders) and os.path.isdir(onnx_dir):
         hint = " (an extracted directory: name the export to compare with, --onnx ONNX_DIR)" if not args.onnx else ""
         raise ModelError(f"{os.path.join(onnx_dir, 'encoder_model.onnx')}: file not found{hint}")
-    model = load_model(args.model_dir)
+    model = load_model(args.model_dir, quantized=args.quantized)
     if args.input_ids:
         input_ids, attention_mask = padded_batch([_ids(t) for t in args.input_ids], model.spec.pad_token_id)
     else:
@@ -196,7 +197,7 @@ def cmd_translate(args):
     if not texts:
         raise ModelError("nothing to translate: give sentences as arguments or with -i FILE (- for stdin)")
     from .translate import translate_texts
-    model = load_model(args.model, note=False)
+    model = load_model(args.model, note=False, quantized=args.quantized)
     progress = _progress if not args.no_progress and len(texts) > args.batch_size and sys.stderr.isatty() else None
     translations, outputs = translate_texts(model, model.tokenizer, texts, args.batch_size, progress,
                                             src_lang=args.src_lang, tgt_lang=args.tgt_lang,
@@ -221,12 +222,16 @@ def build_parser():
                                                          "else 1)"),
     )
     json_help = "print one JSON object (the envelope the README describes) instead of text"
+    quantized = dict(action=argparse.BooleanOptionalAction, default=None,
+                     help="read the *_quantized.onnx graphs (int8), or with --no-quantized the fp32 ones; needed "
+                          "only when the directory holds both")
 
     extract = commands.add_parser("extract", help="ONNX export dir -> model.safetensors with canonical HF names",
                                   description="Prints one line: how many tensors were extracted, to where.")
     extract.add_argument("onnx_dir", help="an optimum ONNX export (encoder_model.onnx, decoder graphs, config.json)")
     extract.add_argument("out_dir", help="where model.safetensors, the configs, manifest.json and the tokenizer "
                                          "files go; not the export itself")
+    extract.add_argument("--quantized", **quantized)
     extract.set_defaults(run=cmd_extract)
 
     generate = commands.add_parser("generate", help="token ids in, generated token ids out",
@@ -236,6 +241,7 @@ def build_parser():
                           help='one source as token ids, e.g. "5 17 0"; repeat for a batch (required)')
     generate.add_argument("--max-new-tokens", **generation["max_new_tokens"])
     generate.add_argument("--num-beams", **generation["num_beams"])
+    generate.add_argument("--quantized", **quantized)
     generate.add_argument("--json", action="store_true", help=json_help)
     generate.set_defaults(run=cmd_generate)
 
@@ -256,6 +262,7 @@ def build_parser():
     verify.add_argument("--factor", type=_factor, metavar="X",
                         help="the verdict rule's factor: an output fails when ONNX Runtime's rms deviation from "
                              "float64 exceeds factor x ours (default: verdict.FACTOR, 50, calibrated in the README)")
+    verify.add_argument("--quantized", **quantized)
     verify.add_argument("--json", action="store_true", help=json_help)
     verify.set_defaults(run=cmd_verify)
 
@@ -278,6 +285,7 @@ def build_parser():
     translate.add_argument("--batch-size", type=_positive, default=32, metavar="N",
                            help="sentences per generate() call (default: %(default)s)")
     translate.add_argument("--no-progress", action="store_true", help="no progress bar on long inputs")
+    translate.add_argument("--quantized", **quantized)
     translate.add_argument("--json", action="store_true", help=json_help)
     translate.set_defaults(run=cmd_translate)
     return parser

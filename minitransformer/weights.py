@@ -150,10 +150,11 @@ def _quantized_parts(tensors, name, common, source):
         part = tensors.get(name + suffix)
         if part is None:
             raise ModelError(f"{source}: tensor {name} is {weight.dtype} but {name}{suffix} is missing")
-        if part.dtype not in dtypes or part.shape not in ((), (weight.shape[0],)):
+        if part.dtype not in dtypes or part.shape not in ((), (1,), (weight.shape[0],)):
             raise ModelError(f"{source}: tensor {name}{suffix}: got {part.dtype} {list(part.shape)}, expected "
                              f"{np.dtype(dtypes[0])} [] or [{weight.shape[0]}]")
-        parts[common + suffix] = np.ascontiguousarray(part)
+        # safetensors stores a scalar as [1]: per tensor either way
+        parts[common + suffix] = np.ascontiguousarray(part.reshape(()) if part.shape == (1,) else part)
     return parts
 
 

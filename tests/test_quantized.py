@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from safetensors.numpy import load_file
 
 import minitransformer as mt
+from minitransformer.cli import main
 from minitransformer.errors import ModelError
 from minitransformer.extract import extract, write_extracted
 from minitransformer.families import spec_from_config, tie_groups
@@ -70,6 +71,39 @@ def test_a_dir_with_both_kinds_needs_a_choice(tmp_path):
     assert not mt.load(str(target), quantized=False).quantized
     with pytest.raises(ModelError, match="no fp32 graphs"):
         mt.load(str(FIXTURES / "marian-opus-int8-tensor"), quantized=False)
+
+
+def test_the_command_line_asks_for_the_choice_in_one_line(tmp_path, capsys):
+    target = tmp_path / "both"
+    shutil.copytree(FIXTURES / "marian-opus-int8-tensor", target)
+    for graph in (FIXTURES / "marian-opus").glob("*.onnx"):
+        shutil.copyfile(graph, target / graph.name)
+    args = ["generate", str(target), "--input-ids", "5 17 9 0", "--max-new-tokens", "6"]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--quantized" in error and str(target) in error
+    for flag, source in (("--quantized", "marian-opus-int8-tensor"), ("--no-quantized", "marian-opus")):
+        assert main(args + [flag]) == 0
+        assert main(["generate", str(FIXTURES / source)] + args[2:]) == 0
+        both, alone = capsys.readouterr().out.splitlines()
+        assert both == alone
+
+
+@pytest.mark.parametrize("name", ["marian-opus-int8-tensor", "t5-v1-int8-channel", "marian-untied-dynamic-uint8-channel",
+                                  "bart-tiny-int8-tensor"])
+def test_an_extracted_int8_dir_is_the_same_model(name, tmp_path, quantized_model):
+    """model.safetensors keeps the integers, scales and zero points (a separately quantized tied head too) and
+    the attention kind; the reloaded model gives the same logits bit for bit."""
+    write_extracted(str(FIXTURES / name), str(tmp_path / "out"))
+    stored = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert any(v.dtype == np.int8 or v.dtype == np.uint8 for v in stored.values())
+    assert all(k.removesuffix("_scale") in stored for k in stored if k.endswith("_scale"))
+    from_onnx, from_dir = quantized_model(name), mt.load(str(tmp_path / "out"))
+    assert from_dir.quantized and from_dir.integer_attention == from_onnx.integer_attention
+    input_ids, attention_mask = _sources(name)
+    decoder_input_ids = np.array([[from_onnx.config["decoder_start_token_id"], 5, 7, 9]] * input_ids.shape[0])
+    assert (from_onnx.forward(input_ids, attention_mask, decoder_input_ids).tobytes()
+            == from_dir.forward(input_ids, attention_mask, decoder_input_ids).tobytes())
 
 
 @pytest.mark.parametrize("name", QUANTIZED_FIXTURES)
