@@ -19,39 +19,71 @@ def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point
     zero point = round(-min / scale) clamped to [0, 255], q = saturate(round(x / scale) + zero point);
     every rounding half to even. In float32 as the graph does (float64 for the arbiter: x's dtype decides)."""
     x = np.asarray(x)
-    real = x.dtype.type if x.dtype == np.float64 else np.float32
-    x = x.astype(real, copy=False)
-    low, high = min(real(x.min()), real(0.0)), max(real(x.max()), real(0.0))
-    scale = real(1.0) if high == low else real((high - low) / real(255.0))
-    zero_point = np.rint(np.clip(real(0.0) - low / scale, real(0.0), real(255.0)))
-    q = np.clip(np.rint(x / scale) + zero_point, real(0.0), real(255.0))
-    return q.astype(np.uint8), scale, np.uint8(zero_point)
+    if x.dtype != np.float64:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        q = np.empty(x.shape, dtype=np.uint8)
+        scale, zero_point = _dynamic_quantize_f32(x.reshape(-1), q.reshape(-1))
+        return q, np.float32(scale), np.uint8(zero_point)
+    low, high = min(x.min(), 0.0), max(x.max(), 0.0)
+    scale = 1.0 if high == low else (high - low) / 255.0
+    zero_point = np.rint(np.clip(0.0 - low / scale, 0.0, 255.0))
+    q = np.clip(np.rint(x / scale) + zero_point, 0.0, 255.0)
+    return q.astype(np.uint8), np.float64(scale), np.uint8(zero_point)
+
+
+@numba.njit(cache=True)
+def _dynamic_quantize_f32(x, q):  # x float32 [n], q uint8 [n] (written) -> (float32 scale, uint8 zero point)
+    """One pass for the range, one to quantize; float32 throughout, true division (no fastmath), np.rint."""
+    low, high = np.float32(0.0), np.float32(0.0)
+    for v in x:
+        low = min(low, v)
+        high = max(high, v)
+    scale = np.float32(1.0) if high == low else np.float32((high - low) / np.float32(255.0))
+    zero = np.rint(min(max(np.float32(0.0) - low / scale, np.float32(0.0)), np.float32(255.0)))
+    for i in range(x.size):
+        # clamping to [-zero, 255 - zero] before rounding equals saturating after: the bounds are integers
+        v = min(max(x[i] / scale, -zero), np.float32(255.0) - zero)
+        q[i] = np.uint8(np.rint(v) + zero)
+    return scale, np.uint8(zero)
 
 
 def dequantize(q, scale, zero_point):  # [...] integer -> float32 [...]: DequantizeLinear, (q - zero) * scale
     return (q.astype(np.int32) - np.int32(zero_point)).astype(np.float32) * np.float32(scale)
 
 
-@numba.njit(cache=True)
-def _matmul_integer(a, a_zero, b_t, b_zero, out):
-    # a [n, d_in] uint8, b_t [d_out, d_in] int8/uint8 (rows stream), b_zero [d_out] -> out [n, d_out] int32
+def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
+    # a [n, d_in] uint8, b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums [d_out] int32
+    # -> out [n, d_out] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain u8 x i8 dot product
     n, d_in = a.shape
     d_out = b_t.shape[0]
+    a_sums = np.zeros(n, dtype=np.int32)
     for i in range(n):
-        for j in range(d_out):
+        for k in range(d_in):
+            a_sums[i] += np.int32(a[i, k])
+    for j in numba.prange(d_out):
+        for i in range(n):
             acc = np.int32(0)
             for k in range(d_in):
-                acc += (np.int32(a[i, k]) - a_zero) * (np.int32(b_t[j, k]) - b_zero[j])
-            out[i, j] = acc
+                acc += np.int32(a[i, k]) * np.int32(b_t[j, k])
+            out[i, j] = acc - a_zero * b_row_sums[j] - b_zero[j] * a_sums[i] + np.int32(d_in) * a_zero * b_zero[j]
 
 
-def matmul_integer(a, a_zero, b_t, b_zero):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
-    """MatMulInteger: sum over k of (a - a_zero)(b - b_zero), exact in int32 (|terms| <= 255 * 255)."""
+# threads only pay on large weights: a parallel region costs tens of microseconds, more on a busy machine
+_matmul_integer_serial = numba.njit(cache=True)(_matmul_integer_loops)
+_matmul_integer_parallel = numba.njit(cache=True, parallel=True)(_matmul_integer_loops)
+PARALLEL_MIN_WEIGHT = 1 << 21  # int8 elements (2 MB): the lm_head, and the ffn at OPUS-MT size
+
+
+def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
+    """MatMulInteger: sum over k of (a - a_zero)(b - b_zero), exact in int32: every term and partial sum stays
+    below 255 * 255 * d_in < 2^31 for d_in up to 33,000."""
     lead = a.shape[:-1]
     out = np.empty((int(np.prod(lead, dtype=np.int64)), b_t.shape[0]), dtype=np.int32)
-    b_zero = np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (b_t.shape[0],))
-    _matmul_integer(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.int32(a_zero), b_t,
-                    np.ascontiguousarray(b_zero), out)
+    b_zero = np.ascontiguousarray(np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (b_t.shape[0],)))
+    if b_row_sums is None:
+        b_row_sums = b_t.sum(axis=1, dtype=np.int32)
+    kernel = _matmul_integer_parallel if b_t.size * len(out) >= PARALLEL_MIN_WEIGHT else _matmul_integer_serial
+    kernel(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.int32(a_zero), b_t, b_zero, b_row_sums, out)
     return out.reshape(*lead, b_t.shape[0])
 
 
@@ -62,6 +94,9 @@ class QuantizedWeight:
     weight: np.ndarray      # int8 or uint8 [d_out, d_in], HF's layout: each output's row streams in a matvec
     scale: np.ndarray       # float32 [] or [d_out]
     zero_point: np.ndarray  # same dtype as weight, [] or [d_out]
+
+    def __post_init__(self):  # the integer kernel reads each output's row sum (for the activation zero point)
+        object.__setattr__(self, "row_sums", self.weight.sum(axis=1, dtype=np.int32))
 
     @property
     def shape(self):
@@ -77,7 +112,7 @@ class QuantizedWeight:
     def matmul(self, x):  # float [..., d_in] -> [..., d_out]
         """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale), in the graph's order."""
         x_q, x_scale, x_zero = dynamic_quantize(x)
-        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_point)
+        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_point, self.row_sums)
         return accumulated.astype(self.dtype) * (x_scale * self.scale)
 
     def dequantized(self):  # -> float32 [d_out, d_in]
