@@ -53,38 +53,55 @@ def dequantize(q, scale, zero_point):  # [...] integer -> float32 [...]: Dequant
 
 def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
     # a [n, d_in] uint8, b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums [d_out] int32
-    # -> out [n, d_out] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain u8 x i8 dot product
+    # -> out [n, d_out] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain u8 x i8 dot product;
+    # four rows of `a` share each load of b's row
     n, d_in = a.shape
     d_out = b_t.shape[0]
     a_sums = np.zeros(n, dtype=np.int32)
     for i in range(n):
         for k in range(d_in):
             a_sums[i] += np.int32(a[i, k])
+    n4 = n - n % 4
     for j in numba.prange(d_out):
-        for i in range(n):
-            acc = np.int32(0)
+        fold = np.int32(d_in) * a_zero * b_zero[j] - a_zero * b_row_sums[j]
+        for i in range(0, n4, 4):
+            c0, c1, c2, c3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
             for k in range(d_in):
-                acc += np.int32(a[i, k]) * np.int32(b_t[j, k])
-            out[i, j] = acc - a_zero * b_row_sums[j] - b_zero[j] * a_sums[i] + np.int32(d_in) * a_zero * b_zero[j]
+                w = np.int32(b_t[j, k])
+                c0 += np.int32(a[i, k]) * w
+                c1 += np.int32(a[i + 1, k]) * w
+                c2 += np.int32(a[i + 2, k]) * w
+                c3 += np.int32(a[i + 3, k]) * w
+            out[i, j] = c0 + fold - b_zero[j] * a_sums[i]
+            out[i + 1, j] = c1 + fold - b_zero[j] * a_sums[i + 1]
+            out[i + 2, j] = c2 + fold - b_zero[j] * a_sums[i + 2]
+            out[i + 3, j] = c3 + fold - b_zero[j] * a_sums[i + 3]
+        for i in range(n4, n):
+            c = np.int32(0)
+            for k in range(d_in):
+                c += np.int32(a[i, k]) * np.int32(b_t[j, k])
+            out[i, j] = c + fold - b_zero[j] * a_sums[i]
 
 
 # threads only pay on large weights: a parallel region costs tens of microseconds, more on a busy machine
 _matmul_integer_serial = numba.njit(cache=True)(_matmul_integer_loops)
 _matmul_integer_parallel = numba.njit(cache=True, parallel=True)(_matmul_integer_loops)
-PARALLEL_MIN_WEIGHT = 1 << 21  # int8 elements (2 MB): the lm_head, and the ffn at OPUS-MT size
+PARALLEL_MIN_WORK = 1 << 22  # multiply-adds: the lm_head of an OPUS-MT-size model, a batch through the ffn
 
 
 def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
     """MatMulInteger: sum over k of (a - a_zero)(b - b_zero), exact in int32: every term and partial sum stays
-    below 255 * 255 * d_in < 2^31 for d_in up to 33,000."""
-    lead = a.shape[:-1]
-    out = np.empty((int(np.prod(lead, dtype=np.int64)), b_t.shape[0]), dtype=np.int32)
-    b_zero = np.ascontiguousarray(np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (b_t.shape[0],)))
+    below 255 * 255 * d_in < 2^31 for d_in up to 33,000. b_zero is one zero point or one per output."""
+    d_out = b_t.shape[0]
+    if np.ndim(b_zero) == 0 or b_zero.dtype != np.int32:
+        b_zero = np.ascontiguousarray(np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (d_out,)))
     if b_row_sums is None:
         b_row_sums = b_t.sum(axis=1, dtype=np.int32)
-    kernel = _matmul_integer_parallel if b_t.size * len(out) >= PARALLEL_MIN_WEIGHT else _matmul_integer_serial
-    kernel(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.int32(a_zero), b_t, b_zero, b_row_sums, out)
-    return out.reshape(*lead, b_t.shape[0])
+    rows = a.reshape(-1, a.shape[-1])
+    out = np.empty((rows.shape[0], d_out), dtype=np.int32)
+    kernel = _matmul_integer_parallel if b_t.size * len(rows) >= PARALLEL_MIN_WORK else _matmul_integer_serial
+    kernel(np.ascontiguousarray(rows), np.int32(a_zero), b_t, b_zero, b_row_sums, out)
+    return out.reshape(*a.shape[:-1], d_out)
 
 
 @dataclass(frozen=True)
@@ -95,8 +112,10 @@ class QuantizedWeight:
     scale: np.ndarray       # float32 [] or [d_out]
     zero_point: np.ndarray  # same dtype as weight, [] or [d_out]
 
-    def __post_init__(self):  # the integer kernel reads each output's row sum (for the activation zero point)
-        object.__setattr__(self, "row_sums", self.weight.sum(axis=1, dtype=np.int32))
+    def __post_init__(self):  # what the integer kernel reads besides the weight, computed once
+        object.__setattr__(self, "row_sums", self.weight.sum(axis=1, dtype=np.int32))   # [d_out]
+        object.__setattr__(self, "zero_points", np.ascontiguousarray(                      # [d_out] int32
+            np.broadcast_to(self.zero_point.astype(np.int32), (self.weight.shape[0],))))
 
     @property
     def shape(self):
@@ -112,7 +131,7 @@ class QuantizedWeight:
     def matmul(self, x):  # float [..., d_in] -> [..., d_out]
         """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale), in the graph's order."""
         x_q, x_scale, x_zero = dynamic_quantize(x)
-        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_point, self.row_sums)
+        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_points, self.row_sums)
         return accumulated.astype(self.dtype) * (x_scale * self.scale)
 
     def dequantized(self):  # -> float32 [d_out, d_in]

@@ -209,3 +209,22 @@ def test_every_step_against_onnxruntime_int8_by_the_verdict_rule(name, quantized
     record_worst(name, "int8 ORT tokens not float64's", sum(r.tokens.count("differ") for r in comparison.steps))
     for report in comparison.steps:
         assert "differ" not in report.our_tokens, report
+
+
+@pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
+@pytest.mark.parametrize("n_rows", [1, 3, 4, 9, 600])
+def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows):
+    """Serial and threaded kernels, every row-blocking remainder, zero points per tensor and per row, extreme values:
+    against int64 numpy (d_out x n_rows = 600 x 600 crosses the threading threshold)."""
+    rng = np.random.default_rng(n_rows)
+    info = np.iinfo(weight_type)
+    weight = rng.integers(info.min, int(info.max) + 1, (600, 300)).astype(weight_type)
+    weight[0] = info.max
+    weight[1] = info.min
+    a = rng.integers(0, 256, (n_rows, 300)).astype(np.uint8)
+    a[0] = 255
+    for zero in (weight_type(0), weight_type(7) if weight_type == np.uint8 else weight_type(-3),
+                 rng.integers(0, 100, 600).astype(weight_type)):
+        got = matmul_integer(a, np.uint8(200), weight, zero)
+        exact = (a.astype(np.int64) - 200) @ (weight.astype(np.int64) - np.asarray(zero, np.int64).reshape(-1, 1)).T
+        assert got.dtype == np.int32 and np.array_equal(got, exact)

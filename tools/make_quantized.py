@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = ROOT / "tests" / "fixtures"
 GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx")
 COPIED = ("config.json", "generation_config.json", "source.spm", "target.spm", "vocab.json", "tokenizer_config.json",
-          "special_tokens_map.json")
+          "special_tokens_map.json", "tokenizer.json", "input_domain.json")
 
 # (parent fixture, suffix, tool, per_channel, weight type): every family per tensor and per channel by
 # ORTQuantizer, plus quantize_dynamic's int8 and uint8 weights on a Marian with an untied head
@@ -76,6 +76,7 @@ def quantize_export(source_dir, out_dir, tool, per_channel, weight_type):
         (staging / "quantized_from.json").write_text(json.dumps(recipe, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        staging.chmod(0o755)  # mkdtemp made it owner-only
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
