@@ -595,6 +595,51 @@ def print_report(env, rows, generate, profile, logits_diff, fresh=None):
                   f"{t['calls_per_step']:6.1f} calls  {t['function']}")
 
 
+# ---------------------------------------------------------------------------------------------- int8
+
+def build_int8(model_dir, work_dir):
+    """The export quantized as ANCHORS.md's int8 row: ORTQuantizer, avx512_vnni, dynamic, per tensor."""
+    int8_dir = os.path.join(work_dir, "int8")
+    stamp = os.path.join(int8_dir, "quantized_from.json")
+    if os.path.exists(stamp) and os.path.getmtime(stamp) > os.path.getmtime(os.path.join(model_dir, ONNX_GRAPHS[0])):
+        return int8_dir
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_quantized import quantize_export
+    print(f"quantizing the benchmark model into {int8_dir} (one time)", file=sys.stderr)
+    quantize_export(model_dir, int8_dir, "ortq", False, "int8")
+    return int8_dir
+
+
+def bench_int8(int8_dir, threads, src, mask, step_ids, reps, budget):
+    """Our int8 engine against ONNX Runtime's on the same quantized graphs, interleaved in one run.
+    -> (rows as summarize gives them, max |logits ours - ORT| at the last step)."""
+    import numpy as np
+
+    import minitransformer as mt
+    from minitransformer.reference import OnnxReference
+    model = mt.load(int8_dir, quantized=True)
+    ref = OnnxReference(int8_dir, optimize=True, threads=threads, quantized=True)
+    engines = [Ours(model, src, mask, "ours-int8"), OrtLoop(ref, "split", src, mask), OrtRaw(ref, "split", src, mask)]
+    for engine in engines[1:]:
+        engine.name = engine.name.replace("ort-", "ort-int8-")
+    raw, logits = bench_decode(engines, step_ids, reps, budget)
+    return summarize(raw, ours="ours-int8"), float(np.abs(logits["ours-int8"] - logits["ort-int8-split"]).max())
+
+
+def print_int8(rows, logits_diff, env):
+    print(f"\nint8 (ORTQuantizer avx512_vnni, dynamic, per tensor; ONNX Runtime runs the same *_quantized.onnx graphs); "
+          f"load average {os.getloadavg()[0]:.1f}; ratio = ours-int8 / engine")
+    print("{:<20}{:>9}{:>8}{:>10}{:>6}{:>11}{:>12}{:>15}".format(
+        "engine", "encoder", "step", f"{env['n_steps']} steps", "reps", "enc ratio", "step ratio",
+        f"{env['n_steps']}-step ratio"))
+    for name, r in rows.items():
+        q = r["ours_over_this"]
+        print("{:<20}{:>9.2f}{:>8.2f}{:>10.1f}{:>6}{:>11.2f}{:>12.2f}{:>15.2f}".format(
+            name, r["encoder_ms"], r["step_ms"], r["decode64_ms"], r["reps"], q["encoder"], q["step"],
+            q["decode64_paired"]))
+    print(f"  max |logits ours-int8 - ORT int8| at the last step: {logits_diff:.2e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -619,6 +664,9 @@ def main():
     parser.add_argument("--no-fresh", action="store_true", help="skip the fresh-process figures (first token, RSS, load)")
     parser.add_argument("--build-only", action="store_true", help="build the model and stop")
     parser.add_argument("--json", metavar="PATH", help="also write every result as JSON here ('-' for stdout)")
+    parser.add_argument("--int8", action="store_true", help="also time the int8 model (the export quantized by "
+                        "ORTQuantizer, avx512_vnni, dynamic, per tensor, into WORK_DIR/int8) against ONNX Runtime int8")
+    parser.add_argument("--int8-only", action="store_true", help="the int8 section alone")
     args = parser.parse_args()
 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -647,6 +695,13 @@ def main():
     forced = np.concatenate([[start_id], rng.integers(1, spec.n_vocab - 1, size=args.steps - 1)])
     step_ids = [np.array([[t]], dtype=np.int64) for t in forced]  # built once, before any clock runs
     env.update(n_src=args.src_len, n_steps=args.steps, model_dir=model_dir)
+    if args.int8 or args.int8_only:
+        int8_rows, int8_diff = bench_int8(build_int8(model_dir, args.work_dir), args.threads, src, mask, step_ids,
+                                          args.reps, 0.5 * args.budget)
+        print_int8(int8_rows, int8_diff, env)
+        env["int8"] = {"decode": int8_rows, "max_abs_logits_diff": int8_diff, "load_average": os.getloadavg()}
+        if args.int8_only:
+            return
 
     ref = OnnxReference(model_dir, optimize=True, threads=args.threads)
     import importlib
