@@ -19,12 +19,14 @@ LAYOUTS = ("split", "merged")
 _PRESENT = re.compile(r"present\.(\d+)\.(decoder|encoder)\.(key|value)")
 
 
-def _session(path, optimize, threads):
+def _session(path, optimize, threads, name=None):
+    """A session over a graph file, or over a serialized graph (`path` bytes, `name` its file for messages)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ModelError("onnxruntime is not installed: pip install 'minitransformer[crosscheck]'") from None
-    if not os.path.exists(path):
+    name = name or path
+    if isinstance(path, str) and not os.path.exists(path):
         raise ModelError(f"{path}: file not found")
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -36,7 +38,7 @@ def _session(path, optimize, threads):
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime raises its own Fail/InvalidGraph types
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(e)[:300]})") from None
+        raise ModelError(f"{name}: ONNX Runtime cannot load it ({str(e)[:300]})") from None
 
 
 class OnnxReference:
@@ -58,7 +60,8 @@ class OnnxReference:
 
     def encode(self, input_ids, attention_mask):  # [n_batch, n_src] -> [n_batch, n_src, d_model]
         feeds = {"input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)}
-        return run(self.session("encoder_model.onnx"), feeds)["last_hidden_state"]
+        self.last_outputs = run(self.session("encoder_model.onnx"), feeds)  # every output, extra ones included
+        return self.last_outputs["last_hidden_state"]
 
     def decoder(self, layout, encoder_hidden, attention_mask):
         if layout not in LAYOUTS:
@@ -111,7 +114,7 @@ class OnnxDecoderLoop:
             feeds.update(self._empty_past() if first else self.past)
         if not first:
             feeds.update(self.past)
-        outputs = run(self.reference.session(file_name), feeds)
+        outputs = self.last_outputs = run(self.reference.session(file_name), feeds)
         presents = {name: value for name, value in outputs.items() if _PRESENT.fullmatch(name)}
         if not first:  # the cross-attention K/V of the first step stay; later ones are absent or placeholders
             presents.update({name.replace("past_key_values", "present"): value
