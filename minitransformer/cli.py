@@ -138,6 +138,10 @@ def cmd_verify(args):
     layouts = LAYOUTS if args.layout == "both" else (args.layout,)
     comparison = compare(model, onnx_dir, input_ids, attention_mask, args.steps, layouts, factor=factor)
     result = summary(comparison)
+    localization = _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, factor)
+    result.update(localization.get("json", {}))
+    if args.report:
+        _write_report(args.report, model, args, onnx_dir, comparison, result, localization.get("lines"))
     if args.json:
         steps = result.pop("steps")
         print_json(envelope("verify", model, steps, onnx_dir=onnx_dir, **result))
@@ -157,9 +161,61 @@ def cmd_verify(args):
     where = "" if layout is None else f" ({layout}, step {step})"
     ties = f", {result['near_ties']} near-tie(s)" if result["near_ties"] else ""
     tokens = f"{result['tokens_differ']} token(s) differ" if result["tokens_differ"] else "tokens agree"
+    for line in localization.get("lines", []):
+        print(line)
     print(f"{'OK' if result['ok'] else 'MISMATCH'}: worst output {worst.name}{where}: {_judged(worst)}; "
           f"{tokens}{ties}")
     return 0 if result["ok"] else 1
+
+
+def _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, factor):
+    """When the verdict fails, or with --localize: {"lines": report lines, "json": {"first_divergence": ...}}."""
+    if comparison.ok and not args.localize or model.quantized:
+        return {}
+    from .localize import first_divergence, has_scopes, localize, report_lines, weight_differences
+    if not has_scopes(onnx_dir):
+        return {"lines": [f"localization: {onnx_dir}'s node names carry no module scopes (not an optimum export?); "
+                          f"only the step-level report above"], "json": {"first_divergence": None}}
+    divergences = localize(model, onnx_dir, input_ids, attention_mask, comparison.fed, factor)
+    same_dir = os.path.abspath(onnx_dir) == os.path.abspath(args.model_dir)
+    causes = [] if same_dir else weight_differences(model, onnx_dir)
+    lines = ["localization: each graph file on its own, fed the same encoder output and tokens; the first module "
+             "whose output fails the rule:"] + report_lines(divergences, causes)
+    return {"lines": lines, "json": {"first_divergence": first_divergence(divergences)}}
+
+
+def _write_report(path, model, args, onnx_dir, comparison, result, localization_lines):
+    """verify --report: the model and its graph files with their sha256, the rule, the steps, the localization."""
+    from .localize import sha256
+    files = sorted(f for f in os.listdir(onnx_dir) if f.endswith(".onnx"))
+    layout, step, worst = comparison.worst()
+    rows = [f"| {r.layout} | {r.step} | {r.logits.deviation:.2g} | {r.logits.yardstick:.2g} | "
+            f"{r.logits.threshold:.2g} | {r.logits.margin:.3g} | {r.worst_present.name} | "
+            f"{r.worst_present.deviation:.2g} | {r.worst_present.yardstick:.2g} | {r.worst_present.threshold:.2g} | "
+            f"{r.worst_present.margin:.3g} | {_tokens(r.tokens)} |" for r in comparison.steps]
+    text = "\n".join([
+        f"# minitransformer verify: {'OK' if result['ok'] else 'MISMATCH'}", "",
+        f"- model: `{args.model_dir}` ({model.spec.model_type}); graphs compared: `{onnx_dir}`",
+        f"- worst output: {worst.name}" + ("" if layout is None else f" ({layout}, step {step})") + f": {_judged(worst)}",
+        "", "| graph file | sha256 |", "|---|---|",
+        *[f"| `{f}` | `{sha256(os.path.join(onnx_dir, f))}` |" for f in files], "",
+        "## The rule", "",
+        f"threshold = {worst.factor:g} × max(rms(ours − float64), 2⁻²⁴ · rms(float64)); an output is right when "
+        "ONNX Runtime's rms deviation from float64 is at most the threshold; margin = threshold / deviation.", "",
+        f"Encoder output: {_judged(comparison.encoder)}", "",
+        "## Steps", "",
+        "| layout | step | logits: ORT | ours | threshold | margin | worst present | ORT | ours | threshold | margin "
+        "| tokens |", "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "## Localization", "",
+        *([f"- {line}" for line in localization_lines[1:]] if localization_lines else
+          ["Not run: every output passed (run with --localize to localize anyway)."]), ""])
+    staging = f"{path}.partial"
+    try:
+        with open(staging, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(staging, path)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot write the report ({e.strerror})") from None
 
 
 def _read_sentences(source):
@@ -263,6 +319,11 @@ def build_parser():
                         help="the verdict rule's factor: an output fails when ONNX Runtime's rms deviation from "
                              "float64 exceeds factor x ours (default: verdict.FACTOR, 50, calibrated in the README)")
     verify.add_argument("--quantized", **quantized)
+    verify.add_argument("--localize", action="store_true",
+                        help="find the first module whose output diverges in every graph file and step, even "
+                             "when the verdict passes (a failing verdict always localizes)")
+    verify.add_argument("--report", metavar="FILE.md",
+                        help="also write a Markdown report: graph files and sha256, the rule, steps, localization")
     verify.add_argument("--json", action="store_true", help=json_help)
     verify.set_defaults(run=cmd_verify)
 

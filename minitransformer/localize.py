@@ -10,8 +10,8 @@ and norm, the final norm, lm_head), under the family's Hugging Face module names
   branches: both branches gain the outputs, and so do the `If` node and the graph.
 
 Each graph file is localized on its own: every decoder is fed the same encoder output (the float64 one, rounded to
-float32 for the float32 engines) and the tokens the verdict pass fed, so a fault in one file does not show up as a
-divergence in the next.
+float32 for the float32 engines), the tokens the verdict pass fed, and our float32 cache as its past, so a fault in
+one file does not show up as a divergence in the next.
 """
 import hashlib
 import os
@@ -24,6 +24,7 @@ from .errors import ModelError
 from .observe import Recorder
 from .reference import OnnxReference
 from .verdict import FACTOR, judge
+from .verify import cache_array
 
 MERGED = "decoder_model_merged.onnx"
 BRANCHES = {"then_branch": "with-past branch", "else_branch": "no-past branch"}
@@ -132,6 +133,7 @@ class Divergence:
     module: object              # HF module name, or None when every boundary agrees
     judgement: object           # that module's Judgement (None when none fails)
     n_boundaries: int           # boundaries compared in this file and step
+    n_modules: int              # module outputs our engine recorded: all of them have a boundary in the graph
 
 
 def _file_of(layout, step):
@@ -142,7 +144,7 @@ def _file_of(layout, step):
 
 def _first_divergence(file, step, recorders, ort_values, tensors, factor):
     ours, exact = recorders
-    compared = 0
+    compared, n_modules = 0, sum(kind == "output" for kind, _ in exact.order)
     for kind, module in exact.order:
         if kind != "output" or module not in tensors:
             continue
@@ -151,8 +153,8 @@ def _first_divergence(file, step, recorders, ort_values, tensors, factor):
                           ours.outputs[module][index], factor)
         compared += 1
         if not judgement.ok:
-            return Divergence(file, step, module, judgement, compared)
-    return Divergence(file, step, None, None, compared)
+            return Divergence(file, step, module, judgement, compared, n_modules)
+    return Divergence(file, step, None, None, compared, n_modules)
 
 
 class _OrderedRecorder(Recorder):
@@ -224,6 +226,9 @@ def localize(model, onnx_dir, input_ids, attention_mask, tokens_by_layout, facto
                 "decoder_model.onnx" if step == 0 else "decoder_with_past_model.onnx")
             found.append(_first_divergence(_file_of(layout, step), step, recorders, loop.last_outputs,
                                            reference.tensors[file_name], factor))
+            # the next step's graph reads our cache, not the one this graph wrote: each file is judged on its own
+            loop.past = {name: np.ascontiguousarray(cache_array(state, name.replace("past_key_values", "present")))
+                         for name in loop.past}
     return found
 
 
@@ -259,7 +264,9 @@ def report_lines(divergences, causes=()):
         where = d.file if d.step is None else f"{d.file}, step {d.step}"
         more = f" (and steps {d.step + 1}-{run[-1].step}: the same)" if len(run) > 1 else ""
         if d.module is None:
-            lines.append(f"{where}: no divergence; all {d.n_boundaries} module outputs agree{more}")
+            unmatched = d.n_modules - d.n_boundaries
+            lines.append(f"{where}: no divergence; all {d.n_boundaries} module outputs agree{more}"
+                         + (f" ({unmatched} module(s) not found in the graph)" if unmatched else ""))
             continue
         j = d.judgement
         lines.append(f"{where}: {d.module} diverges (ONNX Runtime {j.deviation:.2g} from float64, threshold "

@@ -39,6 +39,7 @@ class StepReport:
 class Comparison:
     encoder: object            # Judgement of the encoder output (last_hidden_state)
     steps: list = field(default_factory=list)  # [StepReport] per layout and step
+    fed: dict = field(default_factory=dict)    # {layout: [tokens [n_batch, 1] fed at each step]}
 
     @property
     def ok(self):
@@ -65,7 +66,7 @@ def default_sources(spec, n_batch=3, seed=0):
     return input_ids, attention_mask
 
 
-def _ours(state, name):
+def cache_array(state, name):
     """Our array for an ONNX Runtime output name present.N.{decoder,encoder}.{key,value}."""
     _, layer, side, kind = name.split(".")
     store = state.cache if side == "decoder" else state.cross
@@ -94,10 +95,11 @@ def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split
         exact_state = exact_model.start(hidden["exact"], attention_mask, n_steps)
         tokens = np.full((input_ids.shape[0], 1), start, dtype=np.int64)
         for step in range(n_steps):
+            comparison.fed.setdefault(layout, []).append(tokens)
             ort_logits, presents = loop.step(tokens)
             ours, exact = model.decode_step(state, tokens), exact_model.decode_step(exact_state, tokens)
             outputs = [judge("logits", ort_logits, exact, ours, factor)]
-            outputs += [judge(name, array, _ours(exact_state, name), _ours(state, name), factor)
+            outputs += [judge(name, array, cache_array(exact_state, name), cache_array(state, name), factor)
                         for name, array in presents.items()]
             chosen = ort_logits[:, -1].argmax(axis=-1)
             band = outputs[0].threshold  # the logits' rounding band: two tokens closer than this may swap

@@ -49,3 +49,29 @@ def scale_constant_operand(path, consumer_name, factor, branch=None):
         value = numpy_helper.to_array(attribute.t)
         attribute.t.CopyFrom(numpy_helper.from_array((value * factor).astype(value.dtype), attribute.t.name))
     _edit(path, branch, change)
+
+
+def drop_operand(path, node_name, branch=None):
+    """A residual `Add` whose second operand is replaced by its first: x + x instead of x + sublayer(x)."""
+    def change(graph):
+        node = _node(graph, node_name, path.name)
+        node.input[1] = node.input[0]
+    _edit(path, branch, change)
+
+
+def scale_weight(path, consumer_name, factor, branch=None):
+    """The initializer a node reads as its second input (a linear layer's weight) is multiplied by `factor`."""
+    def change(graph):
+        consumer = _node(graph, consumer_name, path.name)
+        (initializer,) = [i for i in graph.initializer if i.name == consumer.input[1]]
+        value = numpy_helper.to_array(initializer)
+        initializer.CopyFrom(numpy_helper.from_array((value * factor).astype(value.dtype), initializer.name))
+    _edit(path, branch, change)
+
+
+def strip_node_names(path):
+    """Every node of the graph loses its name, as some exporters write them."""
+    def change(graph):
+        for node in graph.node:
+            node.name = ""
+    _edit(path, None, change)
