@@ -297,7 +297,8 @@ def weight_differences(model, onnx_dir):
     differences = []
     for file_name in graph_files(onnx_dir):
         root = encoder_root(model.spec) if file_name == "encoder_model.onnx" else ""
-        found, _ = graph_weights(load_graph(os.path.join(onnx_dir, file_name)), file_name, root)
+        graph, initializers = load_graph(os.path.join(onnx_dir, file_name))
+        found, _ = graph_weights(graph, file_name, root, initializers)
         for place in found:
             ours = model.tensors.get(common_of.get(place.name, ""))
             if ours is None or ours.shape != place.value.shape:
