@@ -179,8 +179,8 @@ def _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, 
     divergences = localize(model, onnx_dir, input_ids, attention_mask, comparison.fed, factor)
     same_dir = os.path.abspath(onnx_dir) == os.path.abspath(args.model_dir)
     causes = [] if same_dir else weight_differences(model, onnx_dir)
-    lines = ["localization: each graph file on its own, fed the same encoder output and tokens; the first module "
-             "whose output fails the rule:"] + report_lines(divergences, causes)
+    lines = ["localization: each graph file on its own (the same encoder output, tokens and cache fed to each); "
+             "the first module whose output fails the rule:"] + report_lines(divergences, causes)
     return {"lines": lines, "json": {"first_divergence": first_divergence(divergences)}}
 
 

@@ -271,9 +271,8 @@ def report_lines(divergences, causes=()):
         j = d.judgement
         lines.append(f"{where}: {d.module} diverges (ONNX Runtime {j.deviation:.2g} from float64, threshold "
                      f"{j.threshold:.2g}); everything before it agrees{more}")
-        file_name = d.file.split(" (")[0]
-        lines += [f"  cause: {message}" for file, module, message in causes
-                  if file == file_name and (module is None or _same_layer(module, d.module))]
+        lines += [f"  cause: {message}" for file, module, message in causes  # a file, or one branch of it
+                  if file in (d.file, d.file.split(" (")[0]) and (module is None or _same_layer(module, d.module))]
     return lines
 
 
