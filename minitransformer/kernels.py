@@ -1,9 +1,13 @@
-"""numba kernels: `attention.attend` with the same signature and math, and the few-row linear of a decode step.
+"""numba kernels and the thread policy: `attention.attend` with the same signature and math, the few-row linear
+of a decode step, and BLAS products shared between threads.
 
 The loops are the shape llama2.c gives them: for each (batch, head, query), scores over the keys,
 a safe softmax, and the weighted sum of values. The bias is broadcast (zero strides, no copy).
 fastmath leaves out nnan/ninf so the finite MASKED value keeps its meaning.
 """
+import contextlib
+import ctypes
+import glob
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -69,19 +73,115 @@ def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head,
     return np.lib.stride_tricks.as_strided(a, (n_batch, n_head, m, d_head), writeable=False)
 
 
-# ---------------------------------------------------------------------------------------------- linear, few rows
+# ---------------------------------------------------------------------------------------------- threads
+# The thread policy: minitransformer owns its threads. BLAS runs on one thread inside our calls (OpenBLAS's own
+# threads hand work over per call and spin while they wait; on a loaded machine a descheduled one stalls the
+# call: measured 12x slower encoder at 2 threads than at 1, load average 8 on 2 cores), and numba kernels are
+# serial (parallel=True would start a second pool fighting BLAS's). Work big enough to share is cut into
+# chunks that the caller and thread_count() - 1 helper threads claim one at a time: a helper the OS does not
+# schedule costs nothing but the chunk it holds, since the caller computes the rest.
+
+def thread_count():
+    """MINITRANSFORMER_THREADS, else the cores this process may run on."""
+    value = os.environ.get("MINITRANSFORMER_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+
+
+class _Helpers:
+    """The helper threads, created on first use, and the chunk-claiming loop."""
+
+    def __init__(self):
+        self.pool, self.size = None, 0
+
+    def run(self, work, n_items, n_chunks):
+        """work(start, stop) over [0, n_items) cut into n_chunks, by the caller and the helpers. The work must
+        release the GIL (numba nogil kernels, BLAS) to run in parallel."""
+        n_helpers = min(thread_count(), n_chunks) - 1
+        if n_helpers <= 0:
+            work(0, n_items)
+            return
+        if self.size < n_helpers:
+            if self.pool is not None:
+                self.pool.shutdown()
+            self.pool, self.size = ThreadPoolExecutor(n_helpers, thread_name_prefix="minitransformer"), n_helpers
+        bounds = np.linspace(0, n_items, n_chunks + 1).astype(np.int64)
+        claim = itertools.count().__next__  # atomic under the GIL: each chunk is claimed once
+
+        def claim_and_work():
+            chunk = claim()
+            while chunk < n_chunks:
+                work(bounds[chunk], bounds[chunk + 1])
+                chunk = claim()
+
+        helpers = [self.pool.submit(claim_and_work) for _ in range(n_helpers)]
+        claim_and_work()
+        for helper in helpers:
+            helper.result()
+
+
+_HELPERS = _Helpers()
+
+
+class _BlasThreads:
+    """numpy's bundled OpenBLAS thread count, through its C API (None when numpy uses another BLAS)."""
+
+    def __init__(self):
+        self.get = self.set = None
+        for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*")):
+            lib = ctypes.CDLL(path)
+            for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
+                                   ("openblas_", "")):
+                if hasattr(lib, f"{prefix}set_num_threads{suffix}"):
+                    self.get = getattr(lib, f"{prefix}get_num_threads{suffix}")
+                    self.set = getattr(lib, f"{prefix}set_num_threads{suffix}")
+                    return
+
+    @contextlib.contextmanager
+    def one(self):
+        """BLAS on the calling thread only, for the duration; the caller's setting is restored after."""
+        previous = self.get() if self.get else 1
+        if previous != 1:
+            self.set(1)
+        try:
+            yield
+        finally:
+            if previous != 1:
+                self.set(previous)
+
+
+_BLAS = _BlasThreads()
+
+
+# ---------------------------------------------------------------------------------------------- linear
 
 MATVEC_MAX_ROWS = 8            # up to this many rows (a decode step, its beams) a linear streams its weight once
-SHARE_MIN_BYTES = 16 * 2 ** 20  # weights at least this large (an lm_head) are split between threads
+SHARE_MIN_BYTES = 16 * 2 ** 20  # a matvec over a weight this large (an lm_head) is shared between threads
+GEMM_CHUNK = 256               # output features per chunk of a shared BLAS product
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _matvec_rows(x, weight, bias, out, start, stop):
     # x [n_rows, d_in], weight [d_out, d_in] C order, bias [d_out] or None -> out[:, start:stop]
-    # weight row j is read once, from memory, for all n_rows dot products; the dtype is the inputs'
+    # weight row j is read once, from memory, for all n_rows dot products, and each of its elements once from
+    # cache for four rows at a time (a beam); every dot product is summed in the same order either way.
+    # The dtype is the inputs'.
     n_rows, d_in = x.shape
     for j in range(start, stop):
-        for r in range(n_rows):
+        r = 0
+        while r + 4 <= n_rows:
+            w = weight[j, 0]
+            t0, t1, t2, t3 = x[r, 0] * w, x[r + 1, 0] * w, x[r + 2, 0] * w, x[r + 3, 0] * w
+            for i in range(1, d_in):
+                w = weight[j, i]
+                t0 += x[r, i] * w
+                t1 += x[r + 1, i] * w
+                t2 += x[r + 2, i] * w
+                t3 += x[r + 3, i] * w
+            if bias is not None:
+                t0, t1, t2, t3 = t0 + bias[j], t1 + bias[j], t2 + bias[j], t3 + bias[j]
+            out[r, j], out[r + 1, j], out[r + 2, j], out[r + 3, j] = t0, t1, t2, t3
+            r += 4
+        for r in range(r, n_rows):
             total = x[r, 0] * weight[j, 0]
             for i in range(1, d_in):
                 total += x[r, i] * weight[j, i]
@@ -90,52 +190,27 @@ def _matvec_rows(x, weight, bias, out, start, stop):
             out[r, j] = total
 
 
-class _Helpers:
-    """Threads that help the caller with one big matvec: the weight's rows are cut into chunks that the caller
-    and the helpers claim one at a time, so a helper the OS does not schedule (a loaded machine) costs nothing
-    but the chunk it holds: the caller computes the rest. The kernels release the GIL."""
-
-    def __init__(self):
-        self.pool, self.size = None, 0
-
-    def run(self, n_threads, x, weight, bias, out, n_chunks):
-        if self.size != n_threads - 1:
-            if self.pool is not None:
-                self.pool.shutdown()
-            self.pool, self.size = ThreadPoolExecutor(n_threads - 1, thread_name_prefix="minitransformer"), n_threads - 1
-        bounds = np.linspace(0, weight.shape[0], n_chunks + 1).astype(np.int64)
-        claim = itertools.count().__next__  # atomic under the GIL: each chunk is claimed once
-
-        def work():
-            chunk = claim()
-            while chunk < n_chunks:
-                _matvec_rows(x, weight, bias, out, bounds[chunk], bounds[chunk + 1])
-                chunk = claim()
-
-        helpers = [self.pool.submit(work) for _ in range(self.size)]
-        work()
-        for helper in helpers:
-            helper.result()
-
-
-_HELPERS = _Helpers()
-
-
-def thread_count():
-    """MINITRANSFORMER_THREADS, else the cores this process may run on."""
-    value = os.environ.get("MINITRANSFORMER_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
-
-
 def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
     """x Wᵀ + b for a few rows, reading W once; W in HF's [d_out, d_in] layout, each row one dot product."""
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
-    if weight.nbytes >= SHARE_MIN_BYTES and thread_count() > 1:
-        _HELPERS.run(thread_count(), x, weight, bias, out, n_chunks=8 * thread_count())
-    else:
-        _matvec_rows(x, weight, bias, out, 0, weight.shape[0])
+    n_chunks = 8 * thread_count() if weight.nbytes >= SHARE_MIN_BYTES else 1
+    _HELPERS.run(lambda start, stop: _matvec_rows(x, weight, bias, out, start, stop), weight.shape[0], n_chunks)
+    return out
+
+
+def gemm(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
+    """x Wᵀ + b for many rows through BLAS, one BLAS thread per chunk of output features."""
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
+
+    def work(start, stop):  # out[:, start:stop] = x W[start:stop]ᵀ (+ b): BLAS releases the GIL
+        np.matmul(x, weight[start:stop].T, out=out[:, start:stop])
+        if bias is not None:
+            out[:, start:stop] += bias[start:stop]
+
+    with _BLAS.one():
+        _HELPERS.run(work, weight.shape[0], max(1, weight.shape[0] // GEMM_CHUNK))
     return out
 
 

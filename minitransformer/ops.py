@@ -20,13 +20,8 @@ def linear(x, weight, bias=None):  # [..., d_in] -> [..., d_out]; weight [d_out,
         y = weight.matmul(x)
         return y if bias is None else y + bias
     rows = x.reshape(-1, x.shape[-1])                                   # [n_rows, d_in]
-    if rows.shape[0] <= kernels.MATVEC_MAX_ROWS:
-        y = kernels.matvec(rows, weight, bias)                          # [n_rows, d_out]
-    else:
-        y = rows @ weight.T
-        if bias is not None:
-            y += bias
-    return y.reshape(x.shape[:-1] + (weight.shape[0],))
+    product = kernels.matvec if rows.shape[0] <= kernels.MATVEC_MAX_ROWS else kernels.gemm
+    return product(rows, weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))  # [..., d_out]
 
 
 def layer_norm(x, weight, bias, eps):  # [..., d] -> [..., d]

@@ -32,15 +32,22 @@ def test_linear_is_x_wt_plus_b_in_the_inputs_dtype(dtype, n_rows):
         assert (np.abs(got - want) <= _dot_bound(x, weight, dtype)).all()
 
 
-def test_a_big_matvec_shared_between_threads_writes_every_row_once(monkeypatch):
+@pytest.mark.parametrize("n_rows", [4, 40])
+def test_products_shared_between_threads_write_every_output_once(monkeypatch, n_rows):
     rng = np.random.default_rng(3)
-    x, weight = rng.standard_normal((4, 64), dtype=np.float32), rng.standard_normal((1001, 64), dtype=np.float32)
-    alone = kernels.matvec(x, weight)
+    x, weight = rng.standard_normal((n_rows, 64), dtype=np.float32), rng.standard_normal((1001, 64), dtype=np.float32)
+    bias = rng.standard_normal(1001, dtype=np.float32)
+    product = kernels.matvec if n_rows <= kernels.MATVEC_MAX_ROWS else kernels.gemm
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    alone = product(x, weight, bias)
     monkeypatch.setattr(kernels, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels, "GEMM_CHUNK", 100)  # 10 chunks of 100 or 101 output features
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "3")
-    shared = kernels.matvec(x, weight)
-    np.testing.assert_array_equal(shared, alone)  # the same kernel per row, so the same bits
-    assert (np.abs(alone - x.astype(np.float64) @ weight.T) <= _dot_bound(x[:, None], weight, np.float32)[:, 0]).all()
+    shared = product(x, weight, bias)
+    exact = x.astype(np.float64) @ weight.T + bias
+    assert (np.abs(shared - exact) <= _dot_bound(x[:, None], weight, np.float32)[:, 0]).all()
+    if product is kernels.matvec:
+        np.testing.assert_array_equal(shared, alone)  # the same kernel per output, so the same bits
 
 
 def test_attention_reads_a_cache_view_without_copying_it():
@@ -96,3 +103,4 @@ def test_damaged_safetensors_are_refused_by_file_name(tmp_path, damage):
     path.write_bytes(damaged)
     with pytest.raises(ModelError, match=r"w\.safetensors: cannot read safetensors"):
         read_safetensors(str(path))
+

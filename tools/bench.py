@@ -113,9 +113,9 @@ def extracted_dir(work_dir, onnx_dir):
 
 # Run in a fresh interpreter: load a model dir, then optionally generate. Prints one JSON line:
 # import_s (import minitransformer), load_s (load), first_token_s (load + encode + one decode step),
-# generate_s, peak_rss_bytes (ru_maxrss of the whole process).
+# generate_s, peak_rss_bytes (VmHWM: ru_maxrss would include the benchmark's own RSS, inherited through fork).
 _PROBE = """
-import json, os, resource, sys, time
+import json, os, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import minitransformer as mt
@@ -131,7 +131,8 @@ if n_new:
     t3 = time.perf_counter()
     model.generate(src, max_new_tokens=n_new, min_new_tokens=n_new)
     result["generate_s"] = time.perf_counter() - t3
-result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak_kb = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+result["peak_rss_bytes"] = int(peak_kb) * 1024
 print(json.dumps(result))
 """
 
