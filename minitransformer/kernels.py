@@ -79,12 +79,23 @@ def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head,
 # call: measured 12x slower encoder at 2 threads than at 1, load average 8 on 2 cores), and numba kernels are
 # serial (parallel=True would start a second pool fighting BLAS's). Work big enough to share is cut into
 # chunks that the caller and thread_count() - 1 helper threads claim one at a time: a helper the OS does not
-# schedule costs nothing but the chunk it holds, since the caller computes the rest.
+# schedule costs nothing but the chunk it holds, since the caller computes the rest. A memory-bound matvec
+# is shared only while the machine has a spare core: its chunks (~0.3 ms) do not pay for waking a helper on a
+# busy one (measured at load average 9 on 2 cores: decode step 35 ms on one thread, 38 ms sharing the
+# lm_head), while the encoder's BLAS chunks do (110 ms shared, 136 ms on one thread).
 
 def thread_count():
     """MINITRANSFORMER_THREADS, else the cores this process may run on."""
     value = os.environ.get("MINITRANSFORMER_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+
+
+def spare_core():
+    """Is a core idle? MINITRANSFORMER_THREADS > 1 says yes; else the 1-minute load average (this process's
+    own running thread included) must leave half a core free."""
+    if os.environ.get("MINITRANSFORMER_THREADS", "").isdigit():
+        return thread_count() > 1
+    return os.getloadavg()[0] < thread_count() - 0.5
 
 
 class _Helpers:
@@ -96,7 +107,7 @@ class _Helpers:
     def run(self, work, n_items, n_chunks):
         """work(start, stop) over [0, n_items) cut into n_chunks, by the caller and the helpers. The work must
         release the GIL (numba nogil kernels, BLAS) to run in parallel."""
-        n_helpers = min(thread_count(), n_chunks) - 1
+        n_helpers = min(thread_count(), n_chunks) - 1 if n_chunks > 1 else 0
         if n_helpers <= 0:
             work(0, n_items)
             return
@@ -195,7 +206,7 @@ def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bia
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
-    n_chunks = 8 * thread_count() if weight.nbytes >= SHARE_MIN_BYTES else 1
+    n_chunks = 8 * thread_count() if weight.nbytes >= SHARE_MIN_BYTES and spare_core() else 1
     _HELPERS.run(lambda start, stop: _matvec_rows(x, weight, bias, out, start, stop), weight.shape[0], n_chunks)
     return out
 
@@ -212,6 +223,32 @@ def gemm(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias 
     with _BLAS.one():
         _HELPERS.run(work, weight.shape[0], max(1, weight.shape[0] // GEMM_CHUNK))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- norms
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _layer_norm_rows(x, weight, bias, eps, out):  # x, out [n_rows, d]: one pass for the mean, one for the variance
+    n_rows, d = x.shape
+    for r in range(n_rows):
+        total = x[r, 0]
+        for i in range(1, d):
+            total += x[r, i]
+        mean = total / d
+        squares = (x[r, 0] - mean) * (x[r, 0] - mean)
+        for i in range(1, d):
+            squares += (x[r, i] - mean) * (x[r, i] - mean)
+        inverse = 1 / np.sqrt(squares / d + eps)
+        for i in range(d):
+            out[r, i] = (x[r, i] - mean) * inverse * weight[i] + bias[i]
+
+
+def layer_norm(x, weight, bias, eps):  # [..., d] -> [..., d]
+    """ops.layer_norm in one call: (x - mean) / sqrt(var + eps) * weight + bias, in x's dtype."""
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # [n_rows, d]
+    out = np.empty_like(rows)
+    _layer_norm_rows(rows, weight, bias, x.dtype.type(np.float32(eps)), out)  # eps as the graph stores it
+    return out.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------- layout

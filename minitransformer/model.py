@@ -14,7 +14,7 @@ from .cache import CrossKV, KVCache
 from .errors import ModelError
 from .families import module_name, spec_from_config, tie_groups
 from .observe import Recorder, named
-from .ops import ACTIVATIONS, layer_norm, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
+from .ops import ACTIVATIONS, linear, padded_positions, padded_sinusoids, relative_buckets, rms_norm
 from .quant import QuantizedWeight
 from .weights import (WEIGHTS_FILE, compute_layout, read_json, read_metadata, read_safetensors, resolve_ties,
                       unflatten, validate)
@@ -25,7 +25,7 @@ INITIAL_CACHE_LEN = 256  # target positions allocated up front; the cache double
 def norm(x, weight, bias=None, *, spec):  # [..., d_model] -> [..., d_model]
     if spec.norm_kind == "rms":  # T5
         return rms_norm(x, weight, spec.norm_eps)
-    return layer_norm(x, weight, bias, spec.norm_eps)
+    return kernels.layer_norm(x, weight, bias, spec.norm_eps)  # ops.layer_norm in one numba call
 
 
 def seen(observe, name, value):  # -> value, shown to the observer (if any) under the module name `name`

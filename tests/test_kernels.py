@@ -6,7 +6,7 @@ from safetensors.numpy import load_file, save_file
 from minitransformer import kernels
 from minitransformer.cache import KVCache
 from minitransformer.errors import ModelError
-from minitransformer.ops import linear
+from minitransformer.ops import layer_norm, linear
 from minitransformer.weights import read_safetensors
 
 
@@ -104,3 +104,18 @@ def test_damaged_safetensors_are_refused_by_file_name(tmp_path, damage):
     with pytest.raises(ModelError, match=r"w\.safetensors: cannot read safetensors"):
         read_safetensors(str(path))
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_kernel_is_the_formula_in_the_inputs_dtype(dtype):
+    rng = np.random.default_rng(4)
+    h = rng.standard_normal((3, 2, 512)).astype(dtype) * 7 + 3  # an offset mean: the centring matters
+    w, b = rng.standard_normal(512).astype(dtype), rng.standard_normal(512).astype(dtype)
+    h64 = h.astype(np.float64)
+    normalized = (h64 - h64.mean(-1, keepdims=True)) / np.sqrt(h64.var(-1, keepdims=True) + np.float32(1e-5))
+    got = kernels.layer_norm(h, w, b, 1e-5)
+    assert got.dtype == dtype and got.shape == h.shape
+    # sums of 512 terms (mean, variance), then a few elementwise steps, as for ops.layer_norm
+    bound = 10 * 8 * np.finfo(dtype).eps / 2 * 512 * (np.abs(normalized * w) + np.abs(b))
+    assert (np.abs(got - (normalized * w + b)) <= bound).all()
+    np.testing.assert_allclose(got, layer_norm(h, w, b, 1e-5), rtol=0, atol=bound.max())
