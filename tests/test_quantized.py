@@ -228,3 +228,30 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows)
         got = matmul_integer(a, np.uint8(200), weight, zero)
         exact = (a.astype(np.int64) - 200) @ (weight.astype(np.int64) - np.asarray(zero, np.int64).reshape(-1, 1)).T
         assert got.dtype == np.int32 and np.array_equal(got, exact)
+
+
+def test_the_quantized_demo_translates_as_onnxruntime_int8_does():
+    """weights/numbers-en-de-int8 on held-out numbers: exact German, and the same greedy ids as ONNX Runtime's loop
+    over the same quantized graphs (the full 1200 are in the README; 60 here keep the suite short)."""
+    import csv
+
+    from minitransformer.generate import resolve_settings
+    from minitransformer.reference import OnnxReference, reference_generate
+    from minitransformer.tokenizer import Tokenizer
+    from minitransformer.translate import translate_texts
+    demo = FIXTURES.parent.parent / "weights" / "numbers-en-de-int8"
+    with open(demo.parent / "numbers-en-de" / "heldout.tsv", encoding="utf-8") as f:
+        heldout = list(csv.DictReader(f, delimiter="\t"))[::20]
+    model, tokenizer = mt.load(str(demo)), Tokenizer.from_dir(demo)
+    assert model.quantized and model.integer_attention
+    translations, outputs = translate_texts(model, tokenizer, [r["english"] for r in heldout], batch_size=60,
+                                            num_beams=1)
+    assert sum(t == r["german"] for t, r in zip(translations, heldout)) >= 0.99 * len(heldout)
+    source_ids = [[int(t) for t in r["source_ids"].split()] for r in heldout]
+    width = max(map(len, source_ids))
+    input_ids = np.array([ids + [model.spec.pad_token_id] * (width - len(ids)) for ids in source_ids])
+    attention_mask = np.array([[1] * len(ids) + [0] * (width - len(ids)) for ids in source_ids])
+    settings = resolve_settings(model, {"num_beams": 1})
+    theirs = reference_generate(OnnxReference(str(demo), quantized=True), settings, input_ids, attention_mask)
+    ours = model.generate(input_ids, attention_mask, num_beams=1)
+    np.testing.assert_array_equal(ours, theirs)
