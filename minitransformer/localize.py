@@ -22,7 +22,7 @@ import onnx
 
 from .errors import ModelError
 from .observe import Recorder
-from .reference import OnnxReference
+from .reference import OnnxReference, _session
 from .verdict import FACTOR, judge
 from .verify import cache_array
 
@@ -179,7 +179,6 @@ class LocalizingReference(OnnxReference):
 
     def session(self, file_name):
         if file_name not in self._sessions:
-            from .reference import _session
             path = os.path.join(self.onnx_dir, file_name)
             if not os.path.exists(path):
                 raise ModelError(f"{path}: file not found")
