@@ -120,7 +120,27 @@ def _tokens(verdicts):  # per-row token verdicts -> "same", "near-tie" or "DIFFE
     return "DIFFER" if "differ" in verdicts else "near-tie" if "near-tie" in verdicts else "same"
 
 
+def cmd_lint(args):
+    """verify --lint: the graphs' constants against config.json (lint.py), no ONNX Runtime; exit 1 on a finding."""
+    from types import SimpleNamespace
+
+    from .extract import read_json
+    from .lint import lint_report
+    onnx_dir = args.onnx or args.model_dir
+    report = lint_report(onnx_dir, read_json(os.path.join(args.model_dir, "config.json")), args.quantized)
+    ok = not report.findings
+    if args.json:
+        model = SimpleNamespace(path=args.model_dir, loaded="config.json")
+        print_json(envelope("verify", model, [f.to_json() for f in report.findings], onnx_dir=onnx_dir, lint=True,
+                            files=report.files, ok=ok))
+    else:
+        print("\n".join(f.message for f in report.findings) or f"lint: no findings in {len(report.files)} graph files")
+    return 0 if ok else 1
+
+
 def cmd_verify(args):
+    if args.lint:
+        return cmd_lint(args)
     from .reference import LAYOUTS
     from .verdict import FACTOR
     from .verify import compare, default_sources, summary
@@ -324,6 +344,9 @@ def build_parser():
                              "when the verdict passes (a failing verdict always localizes)")
     verify.add_argument("--report", metavar="FILE.md",
                         help="also write a Markdown report: graph files and sha256, the rule, steps, localization")
+    verify.add_argument("--lint", action="store_true",
+                        help="only check the graphs' constants (epsilons, attention scales, activations, position "
+                             "offsets) against config.json, in seconds, without ONNX Runtime; exit 1 on a finding")
     verify.add_argument("--json", action="store_true", help=json_help)
     verify.set_defaults(run=cmd_verify)
 

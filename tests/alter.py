@@ -51,6 +51,13 @@ def scale_constant_operand(path, consumer_name, factor, branch=None):
     _edit(path, branch, change)
 
 
+def replace_op(path, node_name, op_type, branch=None):
+    """Node `node_name` computes `op_type` instead, on the same inputs (a Sigmoid becomes a Tanh...)."""
+    def change(graph):
+        _node(graph, node_name, path.name).op_type = op_type
+    _edit(path, branch, change)
+
+
 def drop_operand(path, node_name, branch=None):
     """A residual `Add` whose second operand is replaced by its first: x + x instead of x + sublayer(x)."""
     def change(graph):
