@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from .errors import ModelError
 from .families import canonical_names, encoder_root, spec_from_config, tie_groups
+from .kernels import c_order, same_bits
 from .onnxfile import ParsedInitializer, read_model
 from .weights import (QUANTIZED_PARTS, WEIGHTS_FILE, expected_shapes, quantized_base, read_json, resolve_ties,
                       same_tensor, to_canonical, validate)
@@ -261,12 +262,23 @@ def _check_graph_heads(outputs, file_name, spec):
                              f"[batch, {spec.n_head_decoder} heads, length, {spec.d_head}] from config.json")
 
 
-def same_bits(a, b):
-    """Equal shape, dtype and bits (NaN equals NaN, -0.0 differs from 0.0), compared without copying either."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    as_bits = np.dtype(f"u{a.dtype.itemsize}")
-    return bool(np.array_equal(a.view(as_bits), b.view(as_bits)))
+def _copy_out_new(places, by_name, groups):
+    """The weights first read from this graph leave its mapped file, laid out as the math reads them; its repeats
+    of earlier weights were compared by collect, so nothing else keeps the file mapped. Names read from one
+    initializer the same way (a tied embedding and head), and tied names whose bits an earlier graph already
+    gave, share one copy."""
+    copies = {}
+    partners = {name: group for group in groups for name in group}
+    for place in places:
+        if by_name[place.name][0] is not place:
+            continue
+        tied = [by_name[other][0].value for other in partners.get(place.name, ())
+                if other in by_name and by_name[other][0].file != place.file]
+        key = (place.initializer, place.value.shape, place.value.strides)
+        if key not in copies:
+            equal = next((value for value in tied if same_bits(value, place.value)), None)
+            copies[key] = equal if equal is not None else c_order(place.value, place.value.dtype, copy=True)
+        place.value = copies[key]
 
 
 def collect(found, by_name=None):
@@ -332,6 +344,7 @@ def extract(onnx_dir, quantized=None):
     generation_config = read_json(os.path.join(onnx_dir, "generation_config.json"), required=False)
     spec = spec_from_config(config)
     quantized = choose_quantized(onnx_dir, quantized)
+    groups = tie_groups(config)
     by_name, unclaimed, decoder_outputs, attention_kinds = {}, {}, {}, {}
     for file_name in graph_files(onnx_dir, quantized):  # each graph read once; repeats of earlier weights dropped
         model, initializers = load_graph(os.path.join(onnx_dir, file_name))
@@ -342,11 +355,12 @@ def extract(onnx_dir, quantized=None):
         places, unclaimed[file_name] = graph_weights(model, file_name, root, initializers)
         attention_kinds[file_name] = integer_attention(model)
         collect(places, by_name)
+        _copy_out_new(places, by_name, groups)
+        del model, initializers, places  # the file is unmapped here, before the next one is mapped
     if len(set(attention_kinds.values())) > 1:
         raise ModelError(f"{onnx_dir}: some graphs quantize the attention products and some do not "
                          f"({', '.join(f for f, kind in attention_kinds.items() if kind)} do)")
     expected = set(canonical_names(spec, expected_shapes(spec)).values())
-    groups = tie_groups(config)
     aliases = {name for group in groups for name in group}
     resolved = resolve_ties({name: places[0].value for name, places in by_name.items()}, groups)
     tensors = validate(resolved, spec, source=onnx_dir,

@@ -264,11 +264,51 @@ def _transpose_into(a, out):  # a [n, m] C order -> out [m, n] C order, in tiles
                     out[j, i] = a[i, j]
 
 
-def c_order(a, dtype):  # any array -> C-order array of `dtype` with the same values (a itself when it is one)
-    """np.ascontiguousarray, with a tiled copy for a transposed float matrix (an ONNX [in, out] linear weight
-    read as HF's [out, in]): numpy's strided copy of one is 10x slower."""
+@numba.njit(cache=True, nogil=True)
+def _equal_flat(a, b):  # a, b [n] -> all equal? Differences OR-ed per block of 64 Ki, so the loop vectorizes
+    block = 65536
+    for start in range(0, a.shape[0], block):
+        diff = a[0] ^ a[0]
+        for i in range(start, min(start + block, a.shape[0])):
+            diff |= a[i] ^ b[i]
+        if diff:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _equal_tiles(a, b):  # a, b [n, m] in different memory orders: tile by tile, so both stay in cache
+    n, m = a.shape
+    tile = 64
+    for i0 in range(0, n, tile):
+        for j0 in range(0, m, tile):
+            for i in range(i0, min(i0 + tile, n)):
+                for j in range(j0, min(j0 + tile, m)):
+                    if a[i, j] != b[i, j]:
+                        return False
+    return True
+
+
+def same_bits(a, b):
+    """Equal shape, dtype and bits (NaN equals NaN, -0.0 differs from 0.0), without copying either array."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    a, b = a.view(bits), b.view(bits)
+    for order in ("C", "F"):  # the same memory order: one flat pass over both
+        if a.flags[f"{order}_CONTIGUOUS"] and b.flags[f"{order}_CONTIGUOUS"]:
+            return a.size == 0 or bool(_equal_flat(a.reshape(-1, order=order), b.reshape(-1, order=order)))
+    if a.ndim == 2:
+        return bool(_equal_tiles(a, b))
+    return bool(np.array_equal(a, b))
+
+
+def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the same values
+    """np.ascontiguousarray (np.array with copy), with a tiled copy for a transposed matrix (an ONNX [in, out]
+    linear weight read as HF's [out, in]): numpy's strided copy of one is 10x slower."""
     if a.ndim == 2 and a.dtype == dtype and a.T.flags.c_contiguous and not a.flags.c_contiguous:
         out = np.empty(a.shape, dtype=dtype)
-        _transpose_into(a.T, out)
+        bits = np.dtype(f"u{a.itemsize}")  # moved as bits: numba has no float16
+        _transpose_into(a.T.view(bits), out.view(bits))
         return out
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.array(a, dtype=dtype, order="C") if copy else np.ascontiguousarray(a, dtype=dtype)

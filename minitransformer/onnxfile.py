@@ -122,7 +122,8 @@ def read_model(path):
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise ValueError("the file is empty")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # every page is read (weights used or compared): mapped in one go rather than fault by fault
+        buf = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
     view = memoryview(buf)
     base_dir = os.path.dirname(path)
     model_parts, initializers = [], {}

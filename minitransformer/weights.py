@@ -109,9 +109,12 @@ def resolve_ties(tensors, groups):
         first = present[0]
         for name in present[1:]:
             quantized = tensors[name].dtype.kind in "iu" or tensors[first].dtype.kind in "iu"
-            if not quantized and not same_tensor(tensors, name, first):
+            if quantized:
+                continue
+            if not same_tensor(tensors, name, first):
                 raise ModelError(f"tensor {name} should be tied to {first} (config.json ties them) "
                                  f"but its values differ")
+            tensors[name] = tensors[first]  # equal copies (an export's encoder and decoder graphs): one array
         for name in group:
             if name not in tensors:
                 tensors.update({name + part: tensors[first + part]

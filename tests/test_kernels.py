@@ -119,3 +119,26 @@ def test_layer_norm_kernel_is_the_formula_in_the_inputs_dtype(dtype):
     bound = 10 * 8 * np.finfo(dtype).eps / 2 * 512 * (np.abs(normalized * w) + np.abs(b))
     assert (np.abs(got - (normalized * w + b)) <= bound).all()
     np.testing.assert_allclose(got, layer_norm(h, w, b, 1e-5), rtol=0, atol=bound.max())
+
+
+def test_same_bits_in_every_memory_order():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((70, 130), dtype=np.float32)
+    for b in (a.copy(), np.asfortranarray(a), np.ascontiguousarray(a.T).T):
+        assert kernels.same_bits(a, b) and kernels.same_bits(b, a) and kernels.same_bits(a.T, b.T)
+        changed = b.copy(order="K")
+        changed[69, 129] = np.nextafter(changed[69, 129], np.float32(1))  # one ulp, in the last element
+        assert not kernels.same_bits(a, changed) and not kernels.same_bits(changed.T, a.T)
+    negative_zero, nan = np.array([0.0, np.nan], np.float32), np.array([-0.0, np.nan], np.float32)
+    assert kernels.same_bits(nan, nan.copy()) and not kernels.same_bits(negative_zero, nan)
+    assert not kernels.same_bits(a, a[:, :129]) and not kernels.same_bits(a, a.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int8])
+def test_c_order_lays_out_a_transposed_view_of_any_dtype(dtype):
+    stored = np.arange(130 * 70).reshape(130, 70).astype(dtype)  # an ONNX [in, out] weight
+    laid_out = kernels.c_order(stored.T, dtype)
+    assert laid_out.flags.c_contiguous and laid_out.dtype == dtype
+    np.testing.assert_array_equal(laid_out, stored.T)
+    copied = kernels.c_order(stored, dtype, copy=True)
+    assert not np.shares_memory(copied, stored) and kernels.same_bits(copied, stored)
