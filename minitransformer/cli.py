@@ -1,4 +1,4 @@
-"""minitransformer extract | generate | verify | translate.
+"""minitransformer extract | generate | verify | translate | attention.
 
 Exit status: 0 done (verify: every output within the verdict rule), 1 verify found a mismatch, 2 bad input (one
 line on stderr, `minitransformer: error: ...`, naming the file, tensor or argument).
@@ -93,22 +93,88 @@ def cmd_extract(args):
     return 0
 
 
+def _number(text, low, high, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not low(value) or value > high:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
+def _fraction(text):
+    return _number(text, lambda v: v >= 0, 1.0, "a number in [0, 1]")
+
+
+def _above_zero(text):
+    return _number(text, lambda v: v > 0, float("inf"), "a number above 0")
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def add_generation_options(parser, generation):
+    """The generate() settings the command line passes on; unset ones come from generation_config.json."""
+    parser.add_argument("--max-new-tokens", **generation["max_new_tokens"])
+    parser.add_argument("--num-beams", **generation["num_beams"])
+    parser.add_argument("--do-sample", action="store_true",
+                        help="sample instead of searching (num beams 1 unless --num-beams says otherwise)")
+    parser.add_argument("--temperature", type=_above_zero, help="sampling: divide the scores by this")
+    parser.add_argument("--top-k", type=_count, help="sampling: keep the k best tokens (0: all; default 50)")
+    parser.add_argument("--top-p", type=_fraction, help="sampling: keep the smallest set with this probability")
+    parser.add_argument("--seed", type=_count, help="sampling: the numpy random seed (the same seed, the same ids)")
+    parser.add_argument("--num-return-sequences", type=_positive, metavar="K",
+                        help="K hypotheses per source (beam search: K <= num beams; sampling: K draws)")
+    parser.add_argument("--output-scores", action="store_true",
+                        help="each chosen token's score, and beam search's sequence score")
+
+
+def generation_settings(args):  # -> generate() keyword arguments; None means "from generation_config.json"
+    num_beams = args.num_beams or (1 if args.do_sample else None)
+    return dict(max_new_tokens=args.max_new_tokens, num_beams=num_beams, do_sample=args.do_sample or None,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                num_return_sequences=args.num_return_sequences, return_dict_in_generate=True,
+                output_scores=args.output_scores)
+
+
+def _result(fields, rows, args):
+    """One --json result: the first hypothesis's output_ids; with --output-scores or K > 1, every hypothesis."""
+    fields = {**fields, "output_ids": rows[0]["output_ids"]}
+    if args.output_scores or (args.num_return_sequences or 1) > 1:
+        fields["hypotheses"] = rows
+    return fields
+
+
+def _scores_text(hypothesis):  # -> "" or "\t-0.41 | -0.02 -0.3 ..." (the sequence score first, for beam search)
+    if "token_scores" not in hypothesis:
+        return ""
+    first = f"{hypothesis['sequence_score'] + 0.0:.4g} | " if "sequence_score" in hypothesis else ""
+    return "\t" + first + " ".join(f"{x + 0.0:.4g}" for x in hypothesis["token_scores"])  # + 0.0: no "-0"
+
+
 def cmd_generate(args):
     from .generate import resolve_settings
-    from .translate import trim
+    from .translate import hypotheses
     model = load_model(args.model_dir, quantized=args.quantized)
     sources = [_ids(t) for t in args.input_ids]
     input_ids, attention_mask = padded_batch(sources, model.spec.pad_token_id)
-    generation = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
-    output = model.generate(input_ids, attention_mask, **generation)
-    eos_ids = resolve_settings(model, generation).eos_token_ids
-    rows = [trim(row, eos_ids) for row in output]
+    generation = generation_settings(args)
+    result = model.generate(input_ids, attention_mask, **generation)
+    found = hypotheses(result, resolve_settings(model, generation).eos_token_ids, len(sources))
     if args.json:
-        print_json(envelope("generate", model, [{"input_ids": source, "output_ids": row}
-                                                for source, row in zip(sources, rows)]))
+        print_json(envelope("generate", model, [_result({"input_ids": source}, rows, args)
+                                                for source, rows in zip(sources, found)]))
     else:
-        for row in rows:
-            print(" ".join(str(t) for t in row))
+        for row in (row for rows in found for row in rows):
+            print(" ".join(str(t) for t in row["output_ids"]) + _scores_text(row))
     return 0
 
 
@@ -272,18 +338,65 @@ def cmd_translate(args):
     texts = list(args.texts) + (_read_sentences(args.input) if args.input else [])
     if not texts:
         raise ModelError("nothing to translate: give sentences as arguments or with -i FILE (- for stdin)")
-    from .translate import translate_texts
+    from .translate import translate_hypotheses
     model = load_model(args.model, note=False, quantized=args.quantized)
     progress = _progress if not args.no_progress and len(texts) > args.batch_size and sys.stderr.isatty() else None
-    translations, outputs = translate_texts(model, model.tokenizer, texts, args.batch_size, progress,
-                                            src_lang=args.src_lang, tgt_lang=args.tgt_lang,
-                                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    found = translate_hypotheses(model, model.tokenizer, texts, args.batch_size, progress, src_lang=args.src_lang,
+                                 tgt_lang=args.tgt_lang, **generation_settings(args))
     if args.json:
-        print_json(envelope("translate", model, [{"source": s, "translation": t, "output_ids": ids}
-                                                 for s, t, ids in zip(texts, translations, outputs)],
+        print_json(envelope("translate", model, [_result({"source": s, "translation": rows[0]["translation"]}, rows,
+                                                         args) for s, rows in zip(texts, found)],
                             src_lang=args.src_lang, tgt_lang=args.tgt_lang))
     else:
-        print("\n".join(translations))
+        print("\n".join(row["translation"] + _scores_text(row) for rows in found for row in rows))
+    return 0
+
+
+def _head(text):
+    if text == "mean":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected mean or a head index, got {text!r}") from None
+
+
+def cmd_attention(args):
+    import numpy as np
+
+    from .heatmap import attention_map, draw, piece_labeller
+    if not (args.png or args.json):
+        raise ModelError("attention: give --png FILE (the heatmap) and/or --json (the matrix and the pieces)")
+    if (args.text is None) == (args.input_ids is None):
+        raise ModelError("attention: give the source as text or as --input-ids (one of them)")
+    model = load_model(args.model, note=False)
+    tokenizer = None
+    if args.text is not None:
+        try:
+            tokenizer = model.tokenizer
+        except ModelError as e:
+            raise ModelError(f"{e} (give the source as --input-ids)") from None
+        source = tokenizer.encode([args.text])[0]
+    else:
+        source = _ids(args.input_ids)
+        try:
+            tokenizer = model.tokenizer  # for the labels only
+        except ModelError:
+            pass
+    output = model.generate(np.array([source]), None, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)[0]
+    found = attention_map(model, source, output, piece_labeller(tokenizer), args.kind, args.layer, args.head)
+    heads = model.spec.n_head_encoder if args.kind == "encoder" else model.spec.n_head_decoder
+    title = (f"{os.path.basename(os.path.abspath(args.model))}: {args.kind} attention, layer {found.layer}, "
+             + (f"mean of {heads} heads" if found.head == "mean" else f"head {found.head}"))
+    if args.png:
+        draw(found, title, args.png)
+    if args.json:
+        print_json(envelope("attention", model, [{"input_ids": [int(t) for t in source],
+                                                  "output_ids": output.tolist(), "rows": found.rows,
+                                                  "columns": found.columns, "matrix": found.matrix.tolist()}],
+                            kind=found.kind, layer=found.layer, head=found.head))
+    else:
+        print(f"{title} -> {args.png}")
     return 0
 
 
@@ -315,8 +428,7 @@ def build_parser():
     generate.add_argument("model_dir", help="an optimum ONNX export dir or an extracted dir")
     generate.add_argument("--input-ids", action="append", required=True, metavar="IDS",
                           help='one source as token ids, e.g. "5 17 0"; repeat for a batch (required)')
-    generate.add_argument("--max-new-tokens", **generation["max_new_tokens"])
-    generate.add_argument("--num-beams", **generation["num_beams"])
+    add_generation_options(generate, generation)
     generate.add_argument("--quantized", **quantized)
     generate.add_argument("--json", action="store_true", help=json_help)
     generate.set_defaults(run=cmd_generate)
@@ -364,14 +476,26 @@ def build_parser():
     translate.add_argument("--tgt-lang", metavar="CODE",
                            help="target language code, forced as the first token (default: "
                                 "generation_config.json's forced_bos_token_id)")
-    translate.add_argument("--max-new-tokens", **generation["max_new_tokens"])
-    translate.add_argument("--num-beams", **generation["num_beams"])
+    add_generation_options(translate, generation)
     translate.add_argument("--batch-size", type=_positive, default=32, metavar="N",
                            help="sentences per generate() call (default: %(default)s)")
     translate.add_argument("--no-progress", action="store_true", help="no progress bar on long inputs")
     translate.add_argument("--quantized", **quantized)
     translate.add_argument("--json", action="store_true", help=json_help)
     translate.set_defaults(run=cmd_translate)
+    attention = commands.add_parser("attention", help="one layer's attention over a translation, as a heatmap")
+    attention.add_argument("text", nargs="?", help="the source sentence (needs the model's tokenizer)")
+    attention.add_argument("--model", metavar="DIR", default=DEMO_MODEL, help="the model (default: the shipped demo)")
+    attention.add_argument("--input-ids", metavar="IDS", help="the source as token ids instead of text")
+    attention.add_argument("--png", metavar="FILE", help="write the heatmap here (needs the plot extra)")
+    attention.add_argument("--kind", choices=["cross", "self", "encoder"], default="cross",
+                           help="decoder cross-attention (default), decoder self-attention, or the encoder's")
+    attention.add_argument("--layer", type=int, help="layer index (default: the last; negative counts from the end)")
+    attention.add_argument("--head", type=_head, default="mean", help="a head index, or mean (default)")
+    attention.add_argument("--max-new-tokens", **generation["max_new_tokens"])
+    attention.add_argument("--num-beams", **generation["num_beams"])
+    attention.add_argument("--json", action="store_true", help="print the matrix and the pieces (the envelope)")
+    attention.set_defaults(run=cmd_attention)
     return parser
 
 

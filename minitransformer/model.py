@@ -319,13 +319,17 @@ class Model:
 
 def attention_maps(recorder, spec, call=-1):
     """A Recorder's attention probabilities of one call (the last by default), grouped as `forward` returns them:
-    {"encoder"|"decoder_self"|"decoder_cross": [probs per layer, each [n_batch, n_head, n_query, n_key]]}."""
-    def probs(common):
-        return recorder.attentions[module_name(spec, common)][call]
-
-    return {"encoder": [probs(f"model.encoder.layers.{i}.self_attn") for i in range(spec.n_layer_encoder)],
-            "decoder_self": [probs(f"model.decoder.layers.{i}.self_attn") for i in range(spec.n_layer_decoder)],
-            "decoder_cross": [probs(f"model.decoder.layers.{i}.encoder_attn") for i in range(spec.n_layer_decoder)]}
+    {"encoder"|"decoder_self"|"decoder_cross": [probs per layer, each [n_batch, n_head, n_query, n_key]]};
+    a group the recorder did not see (the encoder during decode steps) is left out."""
+    groups = {"encoder": ("encoder", spec.n_layer_encoder, "self_attn"),
+              "decoder_self": ("decoder", spec.n_layer_decoder, "self_attn"),
+              "decoder_cross": ("decoder", spec.n_layer_decoder, "encoder_attn")}
+    maps = {}
+    for group, (stack, n_layer, module) in groups.items():
+        names = [module_name(spec, f"model.{stack}.layers.{i}.{module}") for i in range(n_layer)]
+        if names[0] in recorder.attentions:
+            maps[group] = [recorder.attentions[name][call] for name in names]
+    return maps
 
 
 def load(path, kernel="numba", dtype="float32", quantized=None):

@@ -149,4 +149,4 @@ def reference_generate(reference, settings, input_ids, attention_mask, layout="s
         return OnnxStepper(reference.decoder(layout, np.repeat(encoder_hidden, rows_per_source, axis=0),
                                              np.repeat(attention_mask, rows_per_source, axis=0)))
 
-    return search(start, encoder_hidden.shape[0], settings)
+    return search(start, encoder_hidden.shape[0], settings).sequences

@@ -66,10 +66,31 @@ def trim(row, eos_ids):  # [1 + n_new] ints -> list: decoder start, new tokens u
     return tokens[:ends[0] + 1] if ends else tokens
 
 
-def translate_texts(model, tokenizer, texts, batch_size=32, progress=None, src_lang=None, tgt_lang=None,
-                    **generation):
-    """-> (translations, output ids) in input order. Similar lengths are batched together; blank lines stay blank
-    (no ids). Output ids are trimmed after eos, so they do not depend on the batch."""
+def hypotheses(result, eos_ids, n_sources):
+    """An HF-style generate() result -> per source, its returned sequences as dicts: output_ids (trimmed) and, with
+    scores, token_scores (each chosen token's score, up to and including eos, as HF compute_transition_scores) and,
+    for beam search, sequence_score."""
+    from .generate import transition_scores
+    token_scores = transition_scores(result) if result.scores is not None else None
+    sequence_scores = getattr(result, "sequences_scores", None)
+    rows = []
+    for i, row in enumerate(result.sequences):
+        hypothesis = {"output_ids": trim(row, eos_ids)}
+        if token_scores is not None:
+            n_new = len(hypothesis["output_ids"]) - 1
+            hypothesis["token_scores"] = [round(float(x), 6) for x in token_scores[i, :n_new]]
+            if sequence_scores is not None:
+                hypothesis["sequence_score"] = round(float(sequence_scores[i]), 6)
+        rows.append(hypothesis)
+    per_source = len(rows) // n_sources
+    return [rows[n * per_source:(n + 1) * per_source] for n in range(n_sources)]
+
+
+def translate_hypotheses(model, tokenizer, texts, batch_size=32, progress=None, src_lang=None, tgt_lang=None,
+                         **generation):
+    """-> per text, its hypotheses in input order: [{"translation", "output_ids"} and the scores when asked], one
+    per returned sequence (num_return_sequences). Similar lengths are batched together; a blank line gets one empty
+    hypothesis (no ids). Output ids are trimmed after eos, so they do not depend on the batch."""
     from .generate import resolve_settings
     if isinstance(texts, str):
         raise TypeError("translate takes a list of sentences, got one str")
@@ -81,14 +102,21 @@ def translate_texts(model, tokenizer, texts, batch_size=32, progress=None, src_l
         for text in texts:
             if text:
                 domain.check(text)
-    translations, outputs = [""] * len(texts), [[] for _ in texts]
+    found = [[{"translation": "", "output_ids": []}] for _ in texts]
     todo = sorted((i for i, text in enumerate(texts) if text.strip()), key=lambda i: len(texts[i]))
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         input_ids, attention_mask = tokenizer.encode_batch([texts[i] for i in batch], src_lang)
-        for i, row in zip(batch, model.generate(input_ids, attention_mask, **generation)):
-            outputs[i] = trim(row, eos_ids)
-            translations[i] = tokenizer.decode(row)
+        result = model.generate(input_ids, attention_mask, **{**generation, "return_dict_in_generate": True})
+        for i, rows in zip(batch, hypotheses(result, eos_ids, len(batch))):
+            found[i] = [{"translation": tokenizer.decode(row["output_ids"]), **row} for row in rows]
         if progress:
             progress(min(start + batch_size, len(todo)), len(todo))
-    return translations, outputs
+    return found
+
+
+def translate_texts(model, tokenizer, texts, batch_size=32, progress=None, src_lang=None, tgt_lang=None,
+                    **generation):
+    """-> (translations, output ids) in input order: each text's first hypothesis (see translate_hypotheses)."""
+    found = translate_hypotheses(model, tokenizer, texts, batch_size, progress, src_lang, tgt_lang, **generation)
+    return [rows[0]["translation"] for rows in found], [rows[0]["output_ids"] for rows in found]

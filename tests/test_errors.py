@@ -194,8 +194,8 @@ def test_bad_generation_settings(load_fixture):
         model.generate(np.array([[5, 0]]), temprature=0.5)
     with pytest.raises(mt.ModelError, match=r"num_beams must be a positive integer"):
         model.generate(np.array([[5, 0]]), num_beams=0)
-    with pytest.raises(mt.ModelError, match=r"do_sample=True is not supported"):
-        model.generate(np.array([[5, 0]]), do_sample=True)
+    with pytest.raises(mt.ModelError, match=r"do_sample with num_beams > 1 \(beam sampling\) is not supported"):
+        model.generate(np.array([[5, 0]]), do_sample=True, num_beams=4)
 
 
 @pytest.mark.parametrize("flags,pattern", [

@@ -1,10 +1,12 @@
 """The one observer: every module boundary, in execution order, under the family's names, at no cost to the numbers."""
+import json
+
 import numpy as np
 import pytest
 
 from minitransformer.observe import Observer, Recorder
 
-from conftest import MODEL_FIXTURES
+from conftest import FIXTURES, MODEL_FIXTURES
 
 
 def _boundaries_per_layer(stack):
@@ -47,15 +49,22 @@ def test_attention_probabilities_are_observed_per_module_and_make_the_same_model
     assert np.triu(maps["decoder_self"][0][0, 0], k=1).max() == 0.0  # causal: no later key is seen
 
 
-def test_a_plain_observer_is_called_with_names_and_values(load_fixture):
-    model, _, torch_out = load_fixture("t5-v1")
-    seen = []
+@pytest.mark.parametrize("name", MODEL_FIXTURES)
+def test_every_observed_name_is_a_module_of_the_hugging_face_model(load_fixture, name):
+    """The names come from HF's own model: named_modules() of the fixture, recorded by tools/record_generate.py."""
+    model, _, torch_out = load_fixture(name)
+    hf_modules = set(json.loads((FIXTURES / name / "hf_generate.json").read_text())["hf_modules"])
+    names = []
 
     class Names(Observer):
-        def output(self, name, value):
-            seen.append(name)
+        wants_probs = True
 
-    model.encode(torch_out["input_ids"], torch_out["attention_mask"], observer=Names())
-    assert seen[:3] == ["encoder.embed_tokens", "encoder.block.0.layer.0.layer_norm",
-                        "encoder.block.0.layer.0.SelfAttention"]
-    assert seen[-1] == "encoder.final_layer_norm"
+        def output(self, module, value):
+            names.append(module)
+
+        def probs(self, module, probs):
+            names.append(module)
+
+    model.forward(torch_out["input_ids"], torch_out["attention_mask"], torch_out["decoder_input_ids"],
+                  observer=Names())
+    assert set(names) <= hf_modules, sorted(set(names) - hf_modules)

@@ -1,0 +1,244 @@
+"""Record Hugging Face generate() on every fixture, for every generation setting the engine accepts.
+
+For each fixture in tests/fixtures/ the recorder rebuilds the exact PyTorch model from config.json and
+torch_state_dict.safetensors (no retraining; it checks the rebuilt model reproduces torch_outputs.safetensors'
+logits), then runs `generate(..., return_dict_in_generate=True, output_scores=True)` once per case below and writes
+  hf_generate.json         the cases: generate() keyword arguments, what each result holds, HF's module names
+  hf_generate.safetensors  per case: sequences, scores [n_steps, n_rows, n_vocab], sequences_scores, beam_indices,
+                           and for the attention cases encoder_attentions [n_layer, ...], cross_attentions
+                           [n_steps, n_layer, ...] and decoder_attentions.{step} [n_layer, ...] (keys grow per step)
+Each setting's value is chosen on the fixture so that it changes the generated ids (or, for the score-only
+settings, the scores) against the plain run, and the recorder asserts that it does: a test built on a setting that
+changes nothing could not fail.
+
+Usage: python tools/record_generate.py [--only NAME]   (needs pip install -e '.[tools]')
+"""
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import transformers
+
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+MAX_NEW = 40          # as the fixture factory's greedy and beam records
+BEAM_MAX_NEW = 12     # beam cases with attentions: 12 steps keep the recorded maps small
+OUTPUT = dict(return_dict_in_generate=True, output_scores=True)
+
+
+def load_hf(path):
+    """The fixture's PyTorch model, rebuilt from config.json and its recorded state_dict, in eval mode."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    model = getattr(transformers, config.architectures[0])(config)
+    state = safetensors.torch.load_file(str(path / "torch_state_dict.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all("embed_positions" in k for k in missing), (missing, unexpected)
+    model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+    model.config._attn_implementation = "eager"  # attention probabilities are returned only by eager attention
+    return model.eval()
+
+
+def new_tokens(row, eos):  # [1 + n_new] -> the tokens up to and including the first eos
+    tokens = row[1:].tolist()
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def differs(a, b):
+    return a.shape != b.shape or bool((a != b).any())
+
+
+class Recorder:
+    """Runs generate() cases on one fixture and keeps their tensors and keyword arguments."""
+
+    def __init__(self, model, inputs):
+        self.model, self.inputs = model, inputs
+        self.tensors, self.cases = {}, {}
+        self.result_fields = {}  # result class name -> its dataclass fields, in order
+
+    @torch.no_grad()
+    def run(self, kwargs, seed=None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.model.generate(self.inputs["input_ids"], attention_mask=self.inputs["attention_mask"],
+                                   **kwargs, **OUTPUT)
+
+    def record(self, name, kwargs, out, note, seed=None, scores=True):
+        """Keep one case: its generate() kwargs and every returned tensor HF filled (the per-step scores only
+        with `scores`: the 40-step beam cases would otherwise dominate the fixture's size)."""
+        prefix = f"{name}."
+        self.tensors[prefix + "sequences"] = out.sequences
+        kept = ["sequences"]
+        if scores:
+            self.tensors[prefix + "scores"] = torch.stack(out.scores)  # [n_steps, n_rows, n_vocab]
+            kept.append("scores")
+        for field in ("sequences_scores", "beam_indices"):
+            if getattr(out, field, None) is not None:
+                self.tensors[prefix + field] = getattr(out, field)
+                kept.append(field)
+        if scores and not kwargs.get("do_sample"):  # each chosen token's score, as HF compute_transition_scores
+            self.tensors[prefix + "transition_scores"] = self.model.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None))
+            kept.append("transition_scores")
+        if kwargs.get("output_attentions"):
+            self.tensors[prefix + "encoder_attentions"] = torch.stack(out.encoder_attentions)
+            self.tensors[prefix + "cross_attentions"] = torch.stack([torch.stack(step) for step in out.cross_attentions])
+            for step, layers in enumerate(out.decoder_attentions):
+                self.tensors[f"{prefix}decoder_attentions.{step}"] = torch.stack(layers)
+            kept += ["encoder_attentions", "cross_attentions", "decoder_attentions"]
+        self.cases[name] = dict(kwargs=kwargs, seed=seed, fields=kept, note=note, class_name=type(out).__name__)
+        self.result_fields[type(out).__name__] = [f.name for f in dataclasses.fields(out)]
+
+
+def pick(candidates, changes, what):
+    """The first candidate value for which `changes(value)` holds; the recorder fails if none does."""
+    for value in candidates:
+        if changes(value):
+            return value
+    raise AssertionError(f"no {what} among {candidates} changes the output on this fixture")
+
+
+def record_fixture(path):
+    model = load_hf(path)
+    recorded = safetensors.torch.load_file(str(path / "torch_outputs.safetensors"))
+    inputs = {k: recorded[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        logits = model(**inputs, decoder_input_ids=recorded["decoder_input_ids"]).logits
+    # the fixture was recorded on another CPU (and with sdpa attention): float32 rounding differs, nothing more
+    drift = float((logits - recorded["logits"]).abs().max())
+    assert drift < 1e-4, f"{path.name}: the rebuilt model is {drift} from its recorded logits"
+    config = json.loads((path / "config.json").read_text())
+    eos, vocab = config["eos_token_id"], config["vocab_size"]
+    rec = Recorder(model, inputs)
+    greedy_kwargs = dict(num_beams=1, do_sample=False, max_new_tokens=MAX_NEW)
+    plain = rec.run(greedy_kwargs)
+    ids = plain.sequences
+    assert torch.equal(ids, recorded["greedy_ids"]), f"{path.name}: greedy ids differ from the fixture's record"
+    rows = [new_tokens(row, eos) for row in ids]
+
+    def greedy_case(name, note, **settings):
+        kwargs = {**greedy_kwargs, **settings}
+        out = rec.run(kwargs)
+        assert differs(out.sequences, ids), f"{path.name}: {name} {settings} leaves the greedy ids unchanged"
+        rec.record(name, kwargs, out, note)
+        return out
+
+    # the plain runs, with attentions: greedy over 40 steps, beam 4 returning 3 hypotheses over 12
+    rec.record("greedy", {**greedy_kwargs, "output_attentions": True}, rec.run({**greedy_kwargs,
+                                                                               "output_attentions": True}),
+               "greedy search as generation_config.json sets it")
+    beam_kwargs = dict(num_beams=4, do_sample=False, max_new_tokens=BEAM_MAX_NEW)
+    rec.record("beam", {**beam_kwargs, "num_return_sequences": 3, "output_attentions": True},
+               rec.run({**beam_kwargs, "num_return_sequences": 3, "output_attentions": True}),
+               "beam 4, 3 returned, with generation_config.json's length_penalty and early_stopping")
+    full_beam = dict(num_beams=4, do_sample=False, max_new_tokens=MAX_NEW, num_return_sequences=4)
+    plain_beam = rec.run(full_beam)
+    rec.record("beam_40", full_beam, plain_beam, "beam 4 over 40 steps, all 4 returned")
+
+    # logits processors, each at a value that changes this fixture's greedy ids
+    content = sorted({t for r in rows for t in r if t != eos})
+    longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+    penalty = pick([1.5, 2.0, 3.0], lambda p: differs(rec.run({**greedy_kwargs, "repetition_penalty": p}).sequences,
+                                                     ids), "repetition_penalty")
+    greedy_case("repetition_penalty", "penalized tokens: scores divided (> 0) or multiplied (< 0)",
+                repetition_penalty=penalty)
+    greedy_case("repetition_penalty_below_1", "a penalty below 1 rewards repeats", repetition_penalty=0.5)
+    first_tokens = sorted({r[0] for r in rows})
+    forced_first = model.generation_config.forced_bos_token_id is not None  # then begin_suppress acts one step later
+    begin_tokens = sorted({r[1 if forced_first else 0] for r in rows})
+    greedy_case("suppress_tokens", "two tokens of the plain output never emitted",
+                suppress_tokens=[rows[longest][1], rows[longest][3]])
+    greedy_case("begin_suppress_tokens", "each row's plain first free token barred at that step only",
+                begin_suppress_tokens=begin_tokens)
+    ended = [len(r) for r in rows if r[-1] == eos]
+    shortest = min(ended)
+    greedy_case("min_new_tokens", "eos barred until the shortest row's eos step, inclusive",
+                min_new_tokens=shortest)
+    greedy_case("min_length", "min_length counts the decoder start token", min_length=shortest + 1)
+    greedy_case("min_new_tokens_over_min_length", "min_new_tokens takes precedence over min_length",
+                min_new_tokens=shortest, min_length=MAX_NEW)
+    ngram = pick([2, 3, 4, 1], lambda n: differs(rec.run({**greedy_kwargs, "no_repeat_ngram_size": n}).sequences, ids),
+                 "no_repeat_ngram_size")
+    greedy_case("no_repeat_ngram_size", "no n-gram twice in a row's output", no_repeat_ngram_size=ngram)
+    forced = pick([t for t in content if t not in first_tokens] + list(range(vocab)),
+                  lambda t: t not in first_tokens and t != eos, "forced_bos_token_id")
+    greedy_case("forced_bos_token_id", "the first new token forced", forced_bos_token_id=forced)
+    bigram = rows[longest][2:4]
+    greedy_case("bad_words_ids", "a two-token bad word from the plain output, and a single one",
+                bad_words_ids=[bigram, [rows[longest][6]]])
+    greedy_case("forced_eos_token_id", "eos forced at max_length - 1 (10 new tokens)", forced_eos_token_id=eos,
+                max_new_tokens=10)
+    default_max = {k: v for k, v in greedy_kwargs.items() if k != "max_new_tokens"}
+    rec.record("max_length_from_config", default_max, rec.run(default_max),
+               "no max_new_tokens: generation_config.json's max_length (HF adds 1 to the default 20)")
+    out = rec.run({**greedy_kwargs, "renormalize_logits": True})
+    assert not torch.equal(torch.stack(out.scores), torch.stack(plain.scores))
+    rec.record("renormalize_logits", {**greedy_kwargs, "renormalize_logits": True}, out,
+               "scores log-softmaxed after the processors")
+
+    # beam search settings
+    length_penalty = pick([0.0, -2.0, 3.0, 6.0, -6.0, 12.0],
+                          lambda lp: differs(rec.run({**full_beam, "length_penalty": lp}).sequences[::4],
+                                             plain_beam.sequences[::4]), "length_penalty")
+    rec.record("length_penalty", {**full_beam, "length_penalty": length_penalty},
+               rec.run({**full_beam, "length_penalty": length_penalty}), "a length penalty that changes the winner",
+               scores=False)
+    for early_stopping in (True, False, "never"):
+        kwargs = {**full_beam, "early_stopping": early_stopping, "length_penalty": 2.0}
+        rec.record(f"early_stopping_{str(early_stopping).lower()}", kwargs, rec.run(kwargs),
+                   "early stopping variants at length_penalty 2", scores=False)
+    kwargs = {**full_beam, "repetition_penalty": penalty, "min_new_tokens": shortest, "no_repeat_ngram_size": ngram}
+    out = rec.run(kwargs)
+    assert differs(out.sequences, plain_beam.sequences)
+    rec.record("beam_processors", kwargs, out, "repetition penalty, min_new_tokens and no_repeat_ngram in beam search")
+
+    # sampling: the warpers' processed scores along HF's own draws (torch draws differently from numpy)
+    sample = dict(do_sample=True, num_beams=1, max_new_tokens=MAX_NEW)
+    samples = {
+        "sample_default": dict(),  # GenerationConfig's top_k 50
+        "sample_temperature": dict(temperature=0.6, top_k=0),
+        "sample_top_k": dict(top_k=3),
+        "sample_top_p": dict(top_p=0.7, top_k=0),
+        "sample_all": dict(temperature=1.4, top_k=7, top_p=0.8, repetition_penalty=1.3),
+        "sample_return_3": dict(num_return_sequences=3, top_p=0.9),
+    }
+    for i, (name, settings) in enumerate(samples.items()):
+        kwargs = {**sample, **settings}
+        rec.record(name, kwargs, rec.run(kwargs, seed=i), "warpers after the processors, in HF's order", seed=i)
+
+    modules = sorted(name for name, _ in model.named_modules(remove_duplicate=False) if name)  # tied ones too
+    return rec, modules
+
+
+def write(path, rec, modules):
+    """hf_generate.json and hf_generate.safetensors, staged in the fixture dir and renamed into place."""
+    meta = dict(transformers_version=transformers.__version__, torch_version=torch.__version__,
+                input="torch_outputs.safetensors input_ids and attention_mask", cases=rec.cases,
+                result_fields=rec.result_fields, hf_modules=modules)
+    tensors = {k: v.contiguous() for k, v in rec.tensors.items()}
+    with tempfile.TemporaryDirectory(dir=path, prefix=".hf_generate-") as stage:
+        staged = Path(stage)
+        safetensors.torch.save_file(tensors, str(staged / "hf_generate.safetensors"))
+        (staged / "hf_generate.json").write_text(json.dumps(meta, indent=1) + "\n")
+        for name in ("hf_generate.safetensors", "hf_generate.json"):
+            (staged / name).replace(path / name)
+
+
+def main():
+    names = sorted(p.name for p in FIXTURES_DIR.iterdir() if (p / "torch_state_dict.safetensors").exists())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=names)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in [args.only] if args.only else names:
+        rec, modules = record_fixture(FIXTURES_DIR / name)
+        write(FIXTURES_DIR / name, rec, modules)
+        size = (FIXTURES_DIR / name / "hf_generate.safetensors").stat().st_size
+        print(f"{name}: {len(rec.cases)} cases, {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
