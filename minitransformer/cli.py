@@ -406,7 +406,7 @@ def build_parser():
     generation = dict(
         max_new_tokens=dict(type=_positive, metavar="N",
                             help="new tokens at most (default: generation_config.json's max_new_tokens, or its "
-                                 "max_length - 1, with max_length 20 when unset)"),
+                                 "max_length - 1; 20 when neither is set or max_length is 20, as in HF)"),
         num_beams=dict(type=_positive, metavar="N", help="beam width, 1 is greedy (default: generation_config.json's, "
                                                          "else 1)"),
     )
@@ -485,13 +485,16 @@ def build_parser():
     translate.set_defaults(run=cmd_translate)
     attention = commands.add_parser("attention", help="one layer's attention over a translation, as a heatmap")
     attention.add_argument("text", nargs="?", help="the source sentence (needs the model's tokenizer)")
-    attention.add_argument("--model", metavar="DIR", default=DEMO_MODEL, help="the model (default: the shipped demo)")
+    attention.add_argument("--model", metavar="DIR", default=DEMO_MODEL,
+                           help="the model directory (default: the shipped demo, weights/numbers-en-de)")
     attention.add_argument("--input-ids", metavar="IDS", help="the source as token ids instead of text")
     attention.add_argument("--png", metavar="FILE", help="write the heatmap here (needs the plot extra)")
     attention.add_argument("--kind", choices=["cross", "self", "encoder"], default="cross",
-                           help="decoder cross-attention (default), decoder self-attention, or the encoder's")
+                           help="decoder cross-attention, decoder self-attention, or the encoder's "
+                                "(default: %(default)s)")
     attention.add_argument("--layer", type=int, help="layer index (default: the last; negative counts from the end)")
-    attention.add_argument("--head", type=_head, default="mean", help="a head index, or mean (default)")
+    attention.add_argument("--head", type=_head, default="mean",
+                           help="a head index, or the mean over the heads (default: %(default)s)")
     attention.add_argument("--max-new-tokens", **generation["max_new_tokens"])
     attention.add_argument("--num-beams", **generation["num_beams"])
     attention.add_argument("--json", action="store_true", help="print the matrix and the pieces (the envelope)")

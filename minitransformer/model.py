@@ -311,7 +311,8 @@ class Model:
         return result, attention_maps(observer, self.spec)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens=None, num_beams=None, **generation_kwargs):
-        """int64 [n_batch, 1 + n_new] as HF generate() lays it out: decoder start first, pad after eos."""
+        """int64 [n_batch * num_return_sequences, 1 + n_new] as HF generate() lays it out (decoder start first, pad
+        after eos); with return_dict_in_generate, HF's result object (see generate.py)."""
         from .generate import generate
         return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         **generation_kwargs)

@@ -84,6 +84,10 @@ def test_generate_matches_hugging_face(load_fixture, load_exact, name, case):
         judgement = assert_scores_match(hf[prefix + "scores"], np.stack(result.scores), np.stack(exact.scores),
                                         f"{name} {case} scores")
         record_judgement(name, "scores vs HF", judgement)
+    if "logits" in spec["fields"]:
+        judgement = assert_scores_match(hf[prefix + "logits"], np.stack(result.logits), np.stack(exact.logits),
+                                        f"{name} {case} logits")
+        record_judgement(name, "raw logits vs HF", judgement)
     if "transition_scores" in spec["fields"]:
         judgement = assert_scores_match(hf[prefix + "transition_scores"], transition_scores(result),
                                         transition_scores(exact), f"{name} {case} transition scores")
@@ -122,12 +126,13 @@ def test_result_objects_have_hf_fields_in_hf_order(name):
 
 @pytest.mark.parametrize("name", MODEL_FIXTURES)
 def test_settings_that_change_nothing_are_not_recorded(name):
-    """Each recorded setting changed HF's ids (the recorder asserts it); here: they differ from the plain run too."""
+    """Each recorded greedy setting changed HF's ids or, where the fixture gives it nothing to act on (no repeated
+    token for a repetition penalty), its scores: the recorder asserts it, and so does this test."""
     meta, hf = recorded(name)
-    plain = hf["greedy.sequences"]
+    plain_ids, plain_scores = hf["greedy.sequences"], hf["greedy.scores"]
     for case, spec in meta["cases"].items():
-        settings = set(spec["kwargs"]) - {"num_beams", "do_sample", "max_new_tokens", "output_attentions"}
-        if spec["kwargs"].get("num_beams", 1) == 1 and not spec["kwargs"].get("do_sample") and settings - {
-                "renormalize_logits"}:
-            theirs = hf[f"{case}.sequences"]
-            assert theirs.shape != plain.shape or (theirs != plain).any(), case
+        settings = set(spec["kwargs"]) - {"num_beams", "do_sample", "max_new_tokens", "output_attentions", "output_logits"}
+        if spec["kwargs"].get("num_beams", 1) == 1 and not spec["kwargs"].get("do_sample") and settings:
+            ids, scores = hf[f"{case}.sequences"], hf[f"{case}.scores"]
+            same_ids = ids.shape == plain_ids.shape and (ids == plain_ids).all()
+            assert not same_ids or not np.array_equal(scores, plain_scores), case

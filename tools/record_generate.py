@@ -83,6 +83,9 @@ class Recorder:
             self.tensors[prefix + "transition_scores"] = self.model.compute_transition_scores(
                 out.sequences, out.scores, getattr(out, "beam_indices", None))
             kept.append("transition_scores")
+        if kwargs.get("output_logits"):
+            self.tensors[prefix + "logits"] = torch.stack(out.logits)  # [n_steps, n_rows, n_vocab]
+            kept.append("logits")
         if kwargs.get("output_attentions"):
             self.tensors[prefix + "encoder_attentions"] = torch.stack(out.encoder_attentions)
             self.tensors[prefix + "cross_attentions"] = torch.stack([torch.stack(step) for step in out.cross_attentions])
@@ -93,11 +96,14 @@ class Recorder:
         self.result_fields[type(out).__name__] = [f.name for f in dataclasses.fields(out)]
 
 
-def pick(candidates, changes, what):
-    """The first candidate value for which `changes(value)` holds; the recorder fails if none does."""
-    for value in candidates:
-        if changes(value):
-            return value
+def pick(candidates, changes, what, scores_change=None):
+    """The first candidate value for which `changes(value)` holds (it changes the ids); failing that, the first for
+    which `scores_change(value)` holds (on a fixture whose greedy output never repeats a token, a repetition penalty
+    can only move scores); the recorder fails if none does."""
+    for test in (changes, scores_change):
+        for value in candidates if test else ():
+            if test(value):
+                return value
     raise AssertionError(f"no {what} among {candidates} changes the output on this fixture")
 
 
@@ -109,7 +115,8 @@ def record_fixture(path):
         logits = model(**inputs, decoder_input_ids=recorded["decoder_input_ids"]).logits
     # the fixture was recorded on another CPU (and with sdpa attention): float32 rounding differs, nothing more
     drift = float((logits - recorded["logits"]).abs().max())
-    assert drift < 1e-4, f"{path.name}: the rebuilt model is {drift} from its recorded logits"
+    bound = 1e-5 * float(recorded["logits"].abs().max())  # ~100x float32 rounding at the logits' magnitude
+    assert drift < bound, f"{path.name}: the rebuilt model is {drift} from its recorded logits (bound {bound})"
     config = json.loads((path / "config.json").read_text())
     eos, vocab = config["eos_token_id"], config["vocab_size"]
     rec = Recorder(model, inputs)
@@ -122,17 +129,27 @@ def record_fixture(path):
     def greedy_case(name, note, **settings):
         kwargs = {**greedy_kwargs, **settings}
         out = rec.run(kwargs)
-        assert differs(out.sequences, ids), f"{path.name}: {name} {settings} leaves the greedy ids unchanged"
+        if differs(out.sequences, ids):
+            note += "; changes the ids"
+        else:  # the scores oracle still catches an inverted or ignored setting
+            assert differs(torch.stack(out.scores), torch.stack(plain.scores)), f"{path.name}: {name} {settings} " \
+                f"changes neither the greedy ids nor the scores"
+            note += "; changes the scores only (this fixture's greedy output repeats no token)"
         rec.record(name, kwargs, out, note)
         return out
 
-    # the plain runs, with attentions: greedy over 40 steps, beam 4 returning 3 hypotheses over 12
-    rec.record("greedy", {**greedy_kwargs, "output_attentions": True}, rec.run({**greedy_kwargs,
-                                                                               "output_attentions": True}),
-               "greedy search as generation_config.json sets it")
-    beam_kwargs = dict(num_beams=4, do_sample=False, max_new_tokens=BEAM_MAX_NEW)
-    rec.record("beam", {**beam_kwargs, "num_return_sequences": 3, "output_attentions": True},
-               rec.run({**beam_kwargs, "num_return_sequences": 3, "output_attentions": True}),
+    def greedy_ids(**settings):
+        return rec.run({**greedy_kwargs, **settings}).sequences
+
+    def greedy_scores_differ(**settings):
+        return differs(torch.stack(rec.run({**greedy_kwargs, **settings}).scores), torch.stack(plain.scores))
+
+    # the plain runs, with raw logits and attentions: greedy over 40 steps, beam 4 returning 3 hypotheses over 12
+    kwargs = {**greedy_kwargs, "output_attentions": True, "output_logits": True}
+    rec.record("greedy", kwargs, rec.run(kwargs), "greedy search as generation_config.json sets it")
+    kwargs = dict(num_beams=4, do_sample=False, max_new_tokens=BEAM_MAX_NEW, num_return_sequences=3,
+                  output_attentions=True, output_logits=True)
+    rec.record("beam", kwargs, rec.run(kwargs),
                "beam 4, 3 returned, with generation_config.json's length_penalty and early_stopping")
     full_beam = dict(num_beams=4, do_sample=False, max_new_tokens=MAX_NEW, num_return_sequences=4)
     plain_beam = rec.run(full_beam)
@@ -141,11 +158,13 @@ def record_fixture(path):
     # logits processors, each at a value that changes this fixture's greedy ids
     content = sorted({t for r in rows for t in r if t != eos})
     longest = max(range(len(rows)), key=lambda i: len(rows[i]))
-    penalty = pick([1.5, 2.0, 3.0], lambda p: differs(rec.run({**greedy_kwargs, "repetition_penalty": p}).sequences,
-                                                     ids), "repetition_penalty")
+    penalty = pick([1.5, 2.0, 3.0], lambda p: differs(greedy_ids(repetition_penalty=p), ids), "repetition_penalty",
+                   lambda p: greedy_scores_differ(repetition_penalty=p))
     greedy_case("repetition_penalty", "penalized tokens: scores divided (> 0) or multiplied (< 0)",
                 repetition_penalty=penalty)
-    greedy_case("repetition_penalty_below_1", "a penalty below 1 rewards repeats", repetition_penalty=0.5)
+    reward = pick([0.5, 0.1, 0.03], lambda p: differs(greedy_ids(repetition_penalty=p), ids),
+                  "repetition_penalty below 1", lambda p: greedy_scores_differ(repetition_penalty=p))
+    greedy_case("repetition_penalty_below_1", "a penalty below 1 rewards repeats", repetition_penalty=reward)
     first_tokens = sorted({r[0] for r in rows})
     forced_first = model.generation_config.forced_bos_token_id is not None  # then begin_suppress acts one step later
     begin_tokens = sorted({r[1 if forced_first else 0] for r in rows})
@@ -160,8 +179,8 @@ def record_fixture(path):
     greedy_case("min_length", "min_length counts the decoder start token", min_length=shortest + 1)
     greedy_case("min_new_tokens_over_min_length", "min_new_tokens takes precedence over min_length",
                 min_new_tokens=shortest, min_length=MAX_NEW)
-    ngram = pick([2, 3, 4, 1], lambda n: differs(rec.run({**greedy_kwargs, "no_repeat_ngram_size": n}).sequences, ids),
-                 "no_repeat_ngram_size")
+    ngram = pick([2, 3, 4, 1], lambda n: differs(greedy_ids(no_repeat_ngram_size=n), ids), "no_repeat_ngram_size",
+                 lambda n: greedy_scores_differ(no_repeat_ngram_size=n))
     greedy_case("no_repeat_ngram_size", "no n-gram twice in a row's output", no_repeat_ngram_size=ngram)
     forced = pick([t for t in content if t not in first_tokens] + list(range(vocab)),
                   lambda t: t not in first_tokens and t != eos, "forced_bos_token_id")
@@ -180,11 +199,22 @@ def record_fixture(path):
                "scores log-softmaxed after the processors")
 
     # beam search settings
-    length_penalty = pick([0.0, -2.0, 3.0, 6.0, -6.0, 12.0],
-                          lambda lp: differs(rec.run({**full_beam, "length_penalty": lp}).sequences[::4],
-                                             plain_beam.sequences[::4]), "length_penalty")
+    def changes(lp, what):
+        """The best hypotheses (or, failing that, the sequence scores) differ, and every returned one finished: a
+        score at the -1e9 placeholder would leave the order to how top-k breaks ties (torch's is unspecified)."""
+        out = rec.run({**full_beam, "length_penalty": lp})
+        changed = (differs(out.sequences[::4], plain_beam.sequences[::4]) if what == "winner"
+                   else differs(out.sequences_scores, plain_beam.sequences_scores))
+        return changed and bool((out.sequences_scores > -1e8).all())
+
+    candidates = [0.0, -2.0, 3.0, 6.0, -6.0, 12.0, -1.0, 1.5, -0.5]
+    length_penalty = pick(candidates, lambda lp: changes(lp, "winner"), "length_penalty",
+                          lambda lp: changes(lp, "scores"))
+    winner = changes(length_penalty, "winner")
     rec.record("length_penalty", {**full_beam, "length_penalty": length_penalty},
-               rec.run({**full_beam, "length_penalty": length_penalty}), "a length penalty that changes the winner",
+               rec.run({**full_beam, "length_penalty": length_penalty}),
+               "a length penalty that changes the winner" if winner else
+               "a length penalty that changes the sequence scores (none changes this confident fixture's winner)",
                scores=False)
     for early_stopping in (True, False, "never"):
         kwargs = {**full_beam, "early_stopping": early_stopping, "length_penalty": 2.0}
