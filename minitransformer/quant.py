@@ -54,13 +54,14 @@ def dequantize(q, scale, zero_point):  # [...] integer -> float32 [...]: Dequant
 def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
     # a [n, d_in] uint8, b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums [d_out] int32
     # -> out [n, d_out] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain u8 x i8 dot product;
-    # four rows of `a` share each load of b's row
+    # four rows of `a` share each load of b's row. numba widens int32 arithmetic to int64; casting each sum back to
+    # int32 lets LLVM keep 16 lanes per vector (exact: no partial sum reaches 2^31)
     n, d_in = a.shape
     d_out = b_t.shape[0]
     a_sums = np.zeros(n, dtype=np.int32)
     for i in range(n):
         for k in range(d_in):
-            a_sums[i] += np.int32(a[i, k])
+            a_sums[i] = np.int32(a_sums[i] + np.int32(a[i, k]))
     n4 = n - n % 4
     for j in numba.prange(d_out):
         fold = np.int32(d_in) * a_zero * b_zero[j] - a_zero * b_row_sums[j]
@@ -68,10 +69,10 @@ def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
             c0, c1, c2, c3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
             for k in range(d_in):
                 w = np.int32(b_t[j, k])
-                c0 += np.int32(a[i, k]) * w
-                c1 += np.int32(a[i + 1, k]) * w
-                c2 += np.int32(a[i + 2, k]) * w
-                c3 += np.int32(a[i + 3, k]) * w
+                c0 = np.int32(c0 + np.int32(a[i, k]) * w)
+                c1 = np.int32(c1 + np.int32(a[i + 1, k]) * w)
+                c2 = np.int32(c2 + np.int32(a[i + 2, k]) * w)
+                c3 = np.int32(c3 + np.int32(a[i + 3, k]) * w)
             out[i, j] = c0 + fold - b_zero[j] * a_sums[i]
             out[i + 1, j] = c1 + fold - b_zero[j] * a_sums[i + 1]
             out[i + 2, j] = c2 + fold - b_zero[j] * a_sums[i + 2]
@@ -79,7 +80,7 @@ def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
         for i in range(n4, n):
             c = np.int32(0)
             for k in range(d_in):
-                c += np.int32(a[i, k]) * np.int32(b_t[j, k])
+                c = np.int32(c + np.int32(a[i, k]) * np.int32(b_t[j, k]))
             out[i, j] = c + fold - b_zero[j] * a_sums[i]
 
 
