@@ -258,13 +258,13 @@ def _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, 
     """When the verdict fails, or with --localize: {"lines": report lines, "json": {"first_divergence": ...}}."""
     if comparison.ok and not args.localize or model.quantized:
         return {}
-    from .localize import first_divergence, has_scopes, localize, report_lines, weight_differences
+    from .localize import first_divergence, has_scopes, lint_causes, localize, report_lines, weight_differences
     if not has_scopes(onnx_dir):
         return {"lines": [f"localization: {onnx_dir}'s node names carry no module scopes (not an optimum export?); "
                           f"only the step-level report above"], "json": {"first_divergence": None}}
     divergences = localize(model, onnx_dir, input_ids, attention_mask, comparison.fed, factor)
     same_dir = os.path.abspath(onnx_dir) == os.path.abspath(args.model_dir)
-    causes = [] if same_dir else weight_differences(model, onnx_dir)
+    causes = lint_causes(onnx_dir, model.spec) + ([] if same_dir else weight_differences(model, onnx_dir))
     lines = ["localization: each graph file on its own (the same encoder output, tokens and cache fed to each); "
              "the first module whose output fails the rule:"] + report_lines(divergences, causes)
     return {"lines": lines, "json": {"first_divergence": first_divergence(divergences)}}

@@ -249,9 +249,29 @@ def first_divergence(divergences):
             "ours_deviation": d.judgement.yardstick, "threshold": d.judgement.threshold}
 
 
+@dataclass
+class Cause:
+    """A visible reason for a divergence: a lint finding, or a weight that differs from the model's."""
+    file: str           # a graph file, or one branch of the merged decoder: "decoder_model_merged.onnx (...)"
+    module: str         # the module boundary it changes first
+    message: str
+    whole_layer: bool   # a weight: shown beside any diverging module of its layer (its sublayer's output)
+
+    def explains(self, divergence):
+        if self.file not in (divergence.file, divergence.file.split(" (")[0]):
+            return False
+        return self.module == divergence.module or self.whole_layer and _same_layer(self.module, divergence.module)
+
+
+def lint_causes(onnx_dir, spec):
+    """[Cause] for every constant of the graphs that config.json does not imply (`lint.py`)."""
+    from .lint import lint
+    return [Cause(f.where, f.boundary, f.message, False) for f in lint(onnx_dir, spec)]
+
+
 def report_lines(divergences, causes=()):
-    """One line per graph file and run of steps that share their verdict; `causes` [(file, module, message)]
-    are printed beside a diverging module of the same file."""
+    """One line per graph file and run of steps that share their verdict; each `Cause` that explains a diverging
+    module is printed beside it."""
     lines, runs = [], []
     for d in divergences:  # consecutive steps of one file with the same first module make one run
         if runs and runs[-1][-1].file == d.file and runs[-1][-1].module == d.module and d.step is not None:
@@ -261,7 +281,10 @@ def report_lines(divergences, causes=()):
     for run in runs:
         d = run[0]
         where = d.file if d.step is None else f"{d.file}, step {d.step}"
-        more = f" (and steps {d.step + 1}-{run[-1].step}: the same)" if len(run) > 1 else ""
+        more = ""
+        if len(run) > 1:
+            later = f"step {run[-1].step}" if len(run) == 2 else f"steps {d.step + 1}-{run[-1].step}"
+            more = f" (and {later}: the same)"
         if d.module is None:
             unmatched = d.n_modules - d.n_boundaries
             lines.append(f"{where}: no divergence; all {d.n_boundaries} module outputs agree{more}"
@@ -270,8 +293,7 @@ def report_lines(divergences, causes=()):
         j = d.judgement
         lines.append(f"{where}: {d.module} diverges (ONNX Runtime {j.deviation:.2g} from float64, threshold "
                      f"{j.threshold:.2g}); everything before it agrees{more}")
-        lines += [f"  cause: {message}" for file, module, message in causes  # a file, or one branch of it
-                  if file in (d.file, d.file.split(" (")[0]) and (module is None or _same_layer(module, d.module))]
+        lines += [f"  cause: {cause.message}" for cause in causes if cause.explains(d)]
     return lines
 
 
@@ -286,7 +308,7 @@ def _same_layer(a, b):  # "model.decoder.layers.2.fc1" and "model.decoder.layers
 
 
 def weight_differences(model, onnx_dir):
-    """[(file, module, message)] for every weight of another export's graphs that differs from `model`'s."""
+    """[Cause] for every weight of another export's graphs that differs from `model`'s."""
     from .extract import graph_files, graph_weights, load_graph
     from .families import canonical_names, encoder_root
     from .weights import expected_shapes
@@ -304,7 +326,7 @@ def weight_differences(model, onnx_dir):
             delta = float(np.abs(ours - place.value).max())
             if delta > 0:
                 module = place.name.rsplit(".", 1)[0]
-                differences.append((file_name, module, f"{file_name}: weight {place.name} (initializer "
-                                    f"{place.initializer}, read by {place.node}) differs from the model's by up to "
-                                    f"{delta:.3g}"))
+                differences.append(Cause(file_name, module, f"{file_name}: weight {place.name} (initializer "
+                                         f"{place.initializer}, read by {place.node}) differs from the model's by "
+                                         f"up to {delta:.3g}", True))
     return differences

@@ -32,43 +32,53 @@ def test_clean_exports_report_no_divergence_and_every_module_is_found(name, load
         assert d.module is None and d.n_boundaries == d.n_modules >= 9, d
 
 
-ALTERED = {  # what, fixture, the change, (file, first step, module) expected
+ALTERED = {  # what, fixture, the change, (file, first step, module) expected, the cause lint names beside it
     "epsilon in one layer of decoder_with_past_model.onnx only": (
         "marian-opus", lambda d: alter.set_epsilon(
             d / "decoder_with_past_model.onnx", "/model/decoder/layers.3/final_layer_norm/LayerNormalization", 1e-3),
-        ("decoder_with_past_model.onnx", 1, "model.decoder.layers.3.final_layer_norm")),
+        ("decoder_with_past_model.onnx", 1, "model.decoder.layers.3.final_layer_norm"),
+        "decoder_with_past_model.onnx: /model/decoder/layers.3/final_layer_norm has epsilon 0.001, config.json "
+        "implies 1e-05"),
     "scale constant in one encoder layer's self-attention": (
         "marian-opus", lambda d: alter.scale_constant_operand(d / "encoder_model.onnx", "/layers.2/self_attn/Mul", 1.02),
-        ("encoder_model.onnx", None, "model.encoder.layers.2.self_attn")),
+        ("encoder_model.onnx", None, "model.encoder.layers.2.self_attn"),
+        "encoder_model.onnx: /layers.2/self_attn has attention scale 0.255, config.json implies 0.25"),
     "a residual Add's sublayer operand dropped": (
         "marian-opus", lambda d: alter.drop_operand(d / "decoder_model.onnx", "/model/decoder/layers.2/Add"),
-        ("decoder_model.onnx", 0, "model.decoder.layers.2.self_attn_layer_norm")),
+        ("decoder_model.onnx", 0, "model.decoder.layers.2.self_attn_layer_norm"), None),
     "a constant in the merged decoder's with-past branch only": (
         "marian-opus", lambda d: alter.scale_constant_operand(
             d / "decoder_model_merged.onnx", "/model/decoder/layers.1/self_attn/Mul", 1.02, branch="with_past"),
-        ("decoder_model_merged.onnx (with-past branch)", 1, "model.decoder.layers.1.self_attn")),
+        ("decoder_model_merged.onnx (with-past branch)", 1, "model.decoder.layers.1.self_attn"),
+        "decoder_model_merged.onnx (with-past branch): /model/decoder/layers.1/self_attn has attention scale 0.255, "
+        "config.json implies 0.25"),
     "T5: an RMS-norm epsilon in decoder_with_past_model.onnx, named as T5 names it": (
         "t5-v1", lambda d: alter.scale_constant_operand(
             d / "decoder_with_past_model.onnx", "/decoder/block.1/layer.2/layer_norm/Add", 1000),
-        ("decoder_with_past_model.onnx", 1, "decoder.block.1.layer.2.layer_norm")),
+        ("decoder_with_past_model.onnx", 1, "decoder.block.1.layer.2.layer_norm"),
+        "decoder_with_past_model.onnx: /decoder/block.1/layer.2/layer_norm has epsilon 0.001, config.json implies "
+        "1e-06"),
     "mBART (pre-norm): a residual Add's operand dropped in the no-past branch": (
         "mbart-tiny", lambda d: alter.drop_operand(
             d / "decoder_model_merged.onnx", "/model/decoder/layers.1/Add", branch="no_past"),
-        ("decoder_model_merged.onnx (no-past branch)", 0, "model.decoder.layers.1.encoder_attn_layer_norm")),
+        ("decoder_model_merged.onnx (no-past branch)", 0, "model.decoder.layers.1.encoder_attn_layer_norm"), None),
 }
 
 
 @pytest.mark.parametrize("what", ALTERED)
 def test_an_altered_export_is_located_to_its_module(what, fixture_copy, capsys):
-    name, change, (file, step, module) = ALTERED[what]
+    name, change, (file, step, module), cause = ALTERED[what]
     target = fixture_copy(name)
     change(target)
     status = main(["verify", str(target), "--steps", "6"])
     text = capsys.readouterr().out
     assert status == 1
-    line = next(line for line in text.splitlines() if " diverges (" in line)
-    assert line.startswith(f"{file}{'' if step is None else f', step {step}'}: {module} diverges (ONNX Runtime ")
-    assert line.split("; ")[1].startswith("everything before it agrees")
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if " diverges (" in line)
+    assert lines[at].startswith(f"{file}{'' if step is None else f', step {step}'}: {module} diverges (ONNX Runtime ")
+    assert lines[at].split("; ")[1].startswith("everything before it agrees")
+    causes = [line for line in lines if line.startswith("  cause: ")]
+    assert causes == ([] if cause is None else [f"  cause: {cause}"]) and (cause is None or lines[at + 1] == causes[0])
     status, report = localized(capsys, target)
     first = report["first_divergence"]
     assert status == 1 and (first["file"], first["step"], first["module"]) == (file, step, module)
