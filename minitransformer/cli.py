@@ -54,14 +54,18 @@ def padded_batch(rows, pad_token_id):  # list of id lists -> input_ids, attentio
     return pad_rows(rows, pad_token_id)
 
 
-def _positive(text):
+def _integer(text, least, what):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive(text):
+    return _integer(text, 1, "a positive integer")
 
 
 def _factor(text):
@@ -112,13 +116,7 @@ def _above_zero(text):
 
 
 def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+    return _integer(text, 0, "a non-negative integer")
 
 
 def add_generation_options(parser, generation):
