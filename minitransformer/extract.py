@@ -211,8 +211,7 @@ def _quantized_weights(node, trace, value_of, producers, consumers, file_name):
             if gathered:
                 break
         else:
-            raise ModelError(f"{file_name}: node {node.name!r} dequantizes a weight for a float MatMul "
-                             f"(weight-only quantization of a tied head); not supported")
+            return _dequantized_weight(node, initializer, consumers, file_name)
         table_init, table, _ = initializer(table_name, "table")
         scale_init, scale, _ = initializer(node.input[1], "scale")
         zero_init, zero_point, _ = initializer(node.input[2] if len(node.input) > 2 else "", "zero point")
@@ -220,6 +219,24 @@ def _quantized_weights(node, trace, value_of, producers, consumers, file_name):
         return [(name, table_init, table, "none"), (name + "_scale", scale_init, scale, "none"),
                 (name + "_zero_point", zero_init, zero_point, "none")]
     return []
+
+
+def _dequantized_weight(node, initializer, consumers, file_name):
+    """quantize_dynamic's tied head: a float MatMul reads DequantizeLinear(Transpose(the integer embedding)).
+    -> [(name, initializer, float32 weight in HF layout, transform)]: the dequantized values the MatMul sees."""
+    matmuls = [c for c in consumers.get(node.output[0], []) if c.op_type == "MatMul" and c.input[1] == node.output[0]]
+    if len(matmuls) != 1 or not _scope(matmuls[0].name):
+        raise ModelError(f"{file_name}: node {node.name!r} dequantizes a constant that no named MatMul reads")
+    weight_init, value, n_transposes = initializer(node.input[0], "weight")
+    _, scale, _ = initializer(node.input[1], "scale")
+    _, zero_point, _ = initializer(node.input[2] if len(node.input) > 2 else "", "zero point")
+    if scale.ndim or zero_point.ndim:
+        raise ModelError(f"{file_name}: node {node.name!r}: a per-axis DequantizeLinear of a weight is not supported")
+    dequantized = (value.astype(np.int32) - np.int32(zero_point)).astype(np.float32) * np.float32(scale)
+    # MatMul's B is [d_in, d_out]; HF's weight its transpose
+    hf = dequantized if n_transposes % 2 else dequantized.T
+    return [(_scope(matmuls[0].name) + ".weight", weight_init, np.ascontiguousarray(hf),
+             "dequantize" if n_transposes % 2 else "dequantize, transpose")]
 
 
 def _weight_scale(node, trace, value_of, producers, consumers, file_name):

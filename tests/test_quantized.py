@@ -255,3 +255,30 @@ def test_the_quantized_demo_translates_as_onnxruntime_int8_does():
     theirs = reference_generate(OnnxReference(str(demo), quantized=True), settings, input_ids, attention_mask)
     ours = model.generate(input_ids, attention_mask, num_beams=1)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_quantize_dynamic_on_a_tied_head_reads_the_dequantized_embedding(tmp_path):
+    """quantize_dynamic leaves a tied head as a float MatMul over DequantizeLinear(Transpose(the uint8 embedding)):
+    lm_head.weight is those dequantized float32 values, and the model verifies against ONNX Runtime by the rule."""
+    from onnxruntime.quantization import quantize_dynamic
+    source = FIXTURES / "marian-opus"
+    for graph in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
+        quantize_dynamic(source / graph, tmp_path / graph.replace(".onnx", "_quantized.onnx"))
+    for name in ("config.json", "generation_config.json"):
+        shutil.copyfile(source / name, tmp_path / name)
+    config, _, tensors, manifest = extract(str(tmp_path))
+    table = "model.decoder.embed_tokens.weight"
+    head, integers = tensors["lm_head.weight"], tensors[table]
+    assert head.dtype == np.float32 and integers.dtype == np.uint8
+    dequantized = (integers.astype(np.float32) - tensors[table + "_zero_point"].astype(np.float32)) \
+        * tensors[table + "_scale"]
+    assert head.tobytes() == dequantized.tobytes()
+    assert {s["transform"] for s in manifest["tensors"]["lm_head.weight"]["sources"]} == {"dequantize"}
+    model = mt.load(str(tmp_path))
+    input_ids, attention_mask = _sources("marian-opus-int8-tensor")
+    comparison = compare(model, str(tmp_path), input_ids, attention_mask, 8, ("split",))
+    for report in comparison.steps:
+        assert "differ" not in report.our_tokens, report
+    quantize_dynamic(source / "decoder_model_merged.onnx", tmp_path / "decoder_model_merged_quantized.onnx")
+    with pytest.raises(ModelError, match="differs between .*leave decoder_model_merged_quantized.onnx out"):
+        mt.load(str(tmp_path))
