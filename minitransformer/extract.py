@@ -371,7 +371,14 @@ def extract(onnx_dir, quantized=None):
         root = encoder_root(spec) if is_encoder else ""
         places, unclaimed[file_name] = graph_weights(model, file_name, root, initializers)
         attention_kinds[file_name] = integer_attention(model)
-        collect(places, by_name)
+        try:
+            collect(places, by_name)
+        except ModelError as e:
+            if not quantized:
+                raise
+            raise ModelError(f"{e}; quantize_dynamic leaves the merged decoder's embeddings in float, so that graph "
+                             f"computes differently: leave {graph_file_name(DECODER_FILES[2], True)} out of the "
+                             f"directory") from None
         _copy_out_new(places, by_name, groups)
         del model, initializers, places  # the file is unmapped here, before the next one is mapped
     if len(set(attention_kinds.values())) > 1:
