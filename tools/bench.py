@@ -411,7 +411,7 @@ def profile_decode(model, hidden, mask, step_ids, reps):
         return (time.perf_counter() - t0) / len(step_ids)
 
     plain = [run_steps() for _ in range(reps)]
-    patches = {"linear": timed(linear_bucket, mm.linear), "layer_norm": timed("layer_norm", mm.layer_norm),
+    patches = {"linear": timed(linear_bucket, mm.linear), "norm": timed("norm (layer or RMS)", mm.norm),
                "embed": timed("embed (+ positions)", mm.embed), "check_ids": timed("check_ids", mm.check_ids),
                "split_heads": timed("split/merge heads", mm.split_heads),
                "merge_heads": timed("split/merge heads", mm.merge_heads)}
@@ -476,14 +476,20 @@ def profile_decode(model, hidden, mask, step_ids, reps):
         return statistics.median(times)
 
     x = inputs[spec.d_model]
+    kernels = sys.modules[mm.__name__.rsplit(".", 1)[0] + ".kernels"]
     bare = {}
+    variants = [("decoder layers' matvecs, W [d_out, d_in] as HF stores it, x @ W.T",
+                 lambda: bare_layers(as_hf, False)),
+                ("decoder layers' matvecs, Wt [d_in, d_out] pre-transposed, x @ Wt", lambda: bare_layers(pre_t, True)),
+                ("lm_head matvec, W [n_vocab, d_model], x @ W.T", lambda: x @ lm_hf.T),
+                ("lm_head matvec, Wt [d_model, n_vocab] pre-transposed, x @ Wt", lambda: x @ lm_t)]
+    if hasattr(kernels, "matvec"):  # the package's own few-row linear, on the same weights
+        variants += [("decoder layers' matvecs, W [d_out, d_in], the package's kernels.matvec",
+                      lambda: [kernels.matvec(inputs[w.shape[1]][0], w) for ws in as_hf for w in ws]),
+                     ("lm_head matvec, W [n_vocab, d_model], the package's kernels.matvec",
+                      lambda: kernels.matvec(x[0], lm_hf))]
     for _ in range(3):  # interleaved, medians of the medians
-        for key, fn in (("decoder layers' matvecs, W [d_out, d_in] as HF stores it, x @ W.T",
-                         lambda: bare_layers(as_hf, False)),
-                        ("decoder layers' matvecs, Wt [d_in, d_out] pre-transposed, x @ Wt",
-                         lambda: bare_layers(pre_t, True)),
-                        ("lm_head matvec, W [n_vocab, d_model], x @ W.T", lambda: x @ lm_hf.T),
-                        ("lm_head matvec, Wt [d_model, n_vocab] pre-transposed, x @ Wt", lambda: x @ lm_t)):
+        for key, fn in variants:
             bare.setdefault(key, []).append(median_of(fn))
     bare = {k: statistics.median(v) for k, v in bare.items()}
     del pre_t, lm_t, lm_hf
@@ -585,7 +591,7 @@ def print_report(env, rows, generate, profile, logits_diff, fresh=None):
               "per step (cProfile)")
         for k, v in p["components_ms"].items():
             print(f"  {v:7.3f} ms  {100 * v / p['step_ms_instrumented']:5.1f}%  {k}")
-        print(f"  bare BLAS, the same matvecs and nothing else (the package stores {p['layout']}):")
+        print(f"  bare matvecs, the same weights and nothing else (the package stores {p['layout']}):")
         for k, v in p["bare_blas_ms"].items():
             print(f"  {v:7.3f} ms  {k}")
         w = p["weights_mb_per_step"]
