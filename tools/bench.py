@@ -26,7 +26,10 @@ make a decode step several times slower; compare with --threads 1 before reading
 
 Threads: --threads N sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS and NUMBA_NUM_THREADS in
 os.environ before numpy is first imported (this file imports numpy only inside main()), and gives ONNX Runtime
-intra_op_num_threads=N. A value already present in the environment wins over --threads for numpy.
+intra_op_num_threads=N. A value already present in the environment wins over --threads for numpy. When N is
+not the number of usable cores it sets MINITRANSFORMER_THREADS=N too; at the default (2 on a 2-core machine)
+minitransformer runs its own policy: BLAS on one thread inside its calls, helper threads claiming chunks, and a
+matvec shared only while the load average leaves a core spare (minitransformer/kernels.py).
 
 Usage:
   python tools/bench.py                       # build once (~2 min), then benchmark + profile (~3-5 min)
@@ -92,6 +95,16 @@ def build_export(work_dir, seed):
     with open(stamp, "w") as f:
         json.dump(wanted, f)
     return onnx_dir
+
+
+def set_thread_environment(threads):
+    """BLAS and numba thread counts for this process and its children; minitransformer's own count too when it
+    differs from the usable cores (at the default, the package's load-aware policy runs as users get it)."""
+    names = ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"]
+    if threads != len(os.sched_getaffinity(0)):
+        names.append("MINITRANSFORMER_THREADS")
+    for name in names:
+        os.environ.setdefault(name, str(threads))
 
 
 def tool_path(name):
@@ -676,8 +689,7 @@ def main():
     parser.add_argument("--int8-only", action="store_true", help="the int8 section alone")
     args = parser.parse_args()
 
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))  # before numpy's first import, which happens below
+    set_thread_environment(args.threads)  # before numpy's first import, which happens below
     if "numpy" in sys.modules:
         print("warning: numpy was imported before the thread settings", file=sys.stderr)
     model_dir = args.model_dir or build_export(args.work_dir, args.seed)

@@ -1,8 +1,9 @@
 """Plot ms per decode step against decoded length 1..N, ours and ONNX Runtime, on tools/bench.py's workload.
 
 Both engines decode the same forced tokens from the same encoder output, interleaved: every repetition runs
-each engine once, the order alternating. The median over repetitions is taken at every length. A step's cost
-should stay flat apart from the attention term, which grows linearly with the length.
+each engine once, the order alternating. The median over repetitions is taken at every length (thin lines),
+and a running median over 9 lengths drawn over it (thick). A step's cost should stay flat apart from the
+attention term, which grows linearly with the length.
 
 Usage (needs `pip install -e '.[plot]'` for matplotlib; the model is tools/bench.py's, built once):
   python tools/plot_steps.py                      # docs/decode_steps.png, 256 steps, 2 threads
@@ -28,9 +29,8 @@ def main():
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), os.pardir, "docs", "decode_steps.png"))
     args = parser.parse_args()
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
-    import bench  # imports numpy only inside its functions, so the thread settings above hold
+    import bench  # imports numpy only inside its functions
+    bench.set_thread_environment(args.threads)
     model_dir = bench.build_export(args.work_dir, 0)
 
     import matplotlib
@@ -67,8 +67,10 @@ def main():
     lengths = np.arange(1, args.steps + 1)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     labels = {"ours": "minitransformer", "ort-split-raw": "ONNX Runtime (decoder_with_past)"}
-    for name, ms in medians.items():
-        ax.plot(lengths, ms, label=labels.get(name, name), linewidth=1.2)
+    for name, ms in medians.items():  # thin: the median at each length; thick: its running median over 9 lengths
+        line, = ax.plot(lengths, ms, linewidth=0.6, alpha=0.5)
+        running = [statistics.median(ms[max(0, i - 4):i + 5]) for i in range(len(ms))]
+        ax.plot(lengths, running, color=line.get_color(), linewidth=2.0, label=labels.get(name, name))
     ax.set_xlabel("decoded length (target positions in the cache)")
     ax.set_ylabel("ms per decode step (median)")
     ax.set_ylim(bottom=0)
