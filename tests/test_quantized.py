@@ -282,3 +282,4 @@ def test_quantize_dynamic_on_a_tied_head_reads_the_dequantized_embedding(tmp_pat
     quantize_dynamic(source / "decoder_model_merged.onnx", tmp_path / "decoder_model_merged_quantized.onnx")
     with pytest.raises(ModelError, match="differs between .*leave decoder_model_merged_quantized.onnx out"):
         mt.load(str(tmp_path))
+
