@@ -94,10 +94,12 @@ PARALLEL_MIN_WORK = 1 << 22  # multiply-adds: the lm_head of an OPUS-MT-size mod
 def _dequantize_products(accumulated, x_scale, scales, out):
     # accumulated int32 [n, d_out], scales float32 [d_out] -> out float32 [n, d_out]:
     # Cast then Mul by (x_scale * w_scale), each factor one float32 product as the graph's scales Mul
+    factors = np.empty(out.shape[1], dtype=np.float32)
     for j in range(out.shape[1]):
-        factor = x_scale * scales[j]
-        for i in range(out.shape[0]):
-            out[i, j] = np.float32(accumulated[i, j]) * factor
+        factors[j] = x_scale * scales[j]
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = np.float32(accumulated[i, j]) * factors[j]
 
 
 def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
@@ -160,9 +162,28 @@ class QuantizedWeight:
         return out.reshape(*x.shape[:-1], d_out)
 
 
+@numba.njit(cache=True)
+def _integer_products(a, a_zero, b, b_zero, out):
+    # a [n_mat, n, d], b [n_mat, d, m] uint8 -> out [n_mat, n, m] int32; for each k a row of b is scaled and added
+    # (the vector runs over m), sums cast back to int32 so LLVM keeps 32-bit lanes (exact: below 2^31)
+    for g in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            row = out[g, i]
+            row[:] = 0
+            for k in range(a.shape[2]):
+                weight = np.int32(np.int32(a[g, i, k]) - a_zero)
+                for j in range(b.shape[2]):
+                    row[j] = np.int32(row[j] + weight * (np.int32(b[g, k, j]) - b_zero))
+
+
 def integer_product(a_q, a_zero, b_q, b_zero):  # a_q [..., n, d], b_q [..., d, m] uint8 -> int32 [..., n, m]
     """MatMulInteger of two on-the-fly quantized operands, each with one zero point; exact in int32."""
-    return (a_q.astype(np.int32) - np.int32(a_zero)) @ (b_q.astype(np.int32) - np.int32(b_zero))
+    lead = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
+    a = np.ascontiguousarray(np.broadcast_to(a_q, lead + a_q.shape[-2:])).reshape(-1, *a_q.shape[-2:])
+    b = np.ascontiguousarray(np.broadcast_to(b_q, lead + b_q.shape[-2:])).reshape(-1, *b_q.shape[-2:])
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.int32)
+    _integer_products(a, np.int32(a_zero), b, np.int32(b_zero), out)
+    return out.reshape(*lead, a.shape[1], b.shape[2])
 
 
 def quantized_product(a, b):  # a [..., n, d], b [..., d, m] float -> [..., n, m]

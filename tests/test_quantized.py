@@ -283,3 +283,13 @@ def test_quantize_dynamic_on_a_tied_head_reads_the_dequantized_embedding(tmp_pat
     with pytest.raises(ModelError, match="differs between .*leave decoder_model_merged_quantized.onnx out"):
         mt.load(str(tmp_path))
 
+
+
+def test_the_attention_product_kernel_equals_exact_integer_arithmetic():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (2, 3, 5, 64)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 3, 64, 7)).astype(np.uint8)
+    a[0, 0, 0], b[0, 0, :, 0] = 255, 255
+    got = integer_product(a, np.uint8(9), b, np.uint8(250))
+    exact = (a.astype(np.int64) - 9) @ (b.astype(np.int64) - 250)
+    assert got.dtype == np.int32 and np.array_equal(got, exact)
