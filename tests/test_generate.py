@@ -1,7 +1,13 @@
 """Search helpers: top-k selection and the logits processors, against their plain definitions."""
-import numpy as np
+import json
 
-from minitransformer.generate import Settings, _top_k, process_logits
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from minitransformer.generate import Settings, _top_k, process_logits, warp
+
+from conftest import FIXTURES
 
 
 def test_top_k_equals_a_stable_full_sort_ties_included():
@@ -28,3 +34,17 @@ def test_processors_ban_repeat_ngrams_bad_words_and_force_bos_then_eos():
     assert np.isneginf(repeat[0, 6]) and np.isfinite(repeat[0, 8])           # "5 6" was seen: no second 6 after 5
     last = process_logits(np.array([[0, 5, 6, 8, 9]]), scores, s)
     assert last.argmax() == 2 and np.isinf(last).sum() == 9                  # forced eos at max_length - 1
+
+
+WARPERS = json.loads((FIXTURES / "hf_warpers.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", sorted(WARPERS))
+def test_warpers_equal_hugging_face_on_their_edges(case):
+    """HF's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper, recorded on ties at the k-th score,
+    cumulative probabilities exactly at 1 - top_p, top_p 0 and barred tokens (tools/record_generate.py)."""
+    recorded = load_file(str(FIXTURES / "hf_warpers.safetensors"))
+    settings = Settings(max_length=2, num_beams=1, decoder_start_token_id=0, eos_token_ids=[], pad_token_id=0,
+                        do_sample=True, **{"top_k": 0, **WARPERS[case]})
+    ours = warp(recorded[f"{case}.input"], settings)
+    np.testing.assert_array_equal(ours, recorded[f"{case}.output"])  # a mask and one float32 division: exact

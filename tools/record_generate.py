@@ -11,7 +11,10 @@ Each setting's value is chosen on the fixture so that it changes the generated i
 settings, the scores) against the plain run, and the recorder asserts that it does: a test built on a setting that
 changes nothing could not fail.
 
-Usage: python tools/record_generate.py [--only NAME]   (needs pip install -e '.[tools]')
+The sampling warpers are also recorded on their own, on scores built to sit on their edges (ties, cumulative
+probabilities exactly at the cut): tests/fixtures/hf_warpers.json and hf_warpers.safetensors.
+
+Usage: python tools/record_generate.py [--only NAME] [--warpers-only]   (needs pip install -e '.[tools]')
 """
 import argparse
 import dataclasses
@@ -257,12 +260,59 @@ def write(path, rec, modules):
             (staged / name).replace(path / name)
 
 
+def warper_cases():
+    """Scores built to sit on the warpers' edges (HF's, applied in its order: temperature, top-k, top-p): exact
+    ties at the k-th score, cumulative probabilities exactly at 1 - top_p (uniform rows), top_p 0 and 1, barred
+    (-inf) tokens, and seeded random rows. -> {name: (scores [n_rows, n_vocab] float32, settings)}"""
+    rng = np.random.default_rng(11)
+    uniform = np.zeros((2, 4), np.float32)                           # probabilities 1/4 each: cumulative exact
+    ties = np.array([[1, 2, 2, 2, 3, 0], [5, 5, 5, 5, 5, 5]], np.float32)
+    barred = rng.normal(0, 3, (3, 20)).astype(np.float32)
+    barred[:, ::3] = -np.inf
+    random = rng.normal(0, 3, (6, 50)).astype(np.float32)
+    cases = {f"uniform_top_p_{p}": (uniform, dict(top_p=p)) for p in (0.75, 0.5, 0.25, 0.0, 1.0)}
+    cases.update({f"ties_top_k_{k}": (ties, dict(top_k=k)) for k in (1, 2, 4, 6, 9)})
+    cases.update({"barred_top_k_4": (barred, dict(top_k=4)), "barred_top_p_0.6": (barred, dict(top_p=0.6))})
+    for temperature, top_k, top_p in ((0.7, 0, 0.9), (1.3, 5, 1.0), (1.0, 10, 0.5), (2.0, 3, 0.3), (0.5, 50, 0.95),
+                                      (1.0, 0, 0.0), (0.25, 0, 0.99)):
+        cases[f"random_t{temperature}_k{top_k}_p{top_p}"] = (random, dict(temperature=temperature, top_k=top_k,
+                                                                          top_p=top_p))
+    return cases
+
+
+def record_warpers(path):
+    """hf_warpers.json (each case's settings) and hf_warpers.safetensors (its input and HF's output)."""
+    from transformers.generation import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    tensors, settings = {}, {}
+    for name, (scores, setting) in warper_cases().items():
+        out = torch.from_numpy(scores.copy())
+        if setting.get("temperature", 1.0) != 1.0:
+            out = TemperatureLogitsWarper(setting["temperature"])(None, out)
+        if setting.get("top_k", 0) != 0:
+            out = TopKLogitsWarper(setting["top_k"])(None, out)
+        if setting.get("top_p", 1.0) < 1.0:
+            out = TopPLogitsWarper(setting["top_p"])(None, out)
+        tensors[f"{name}.input"], tensors[f"{name}.output"] = torch.tensor(scores), out.clone().contiguous()
+        settings[name] = setting
+    with tempfile.TemporaryDirectory(dir=path, prefix=".hf_warpers-") as stage:
+        staged = Path(stage)
+        safetensors.torch.save_file(tensors, str(staged / "hf_warpers.safetensors"))
+        (staged / "hf_warpers.json").write_text(json.dumps(dict(transformers_version=transformers.__version__,
+                                                                cases=settings), indent=1) + "\n")
+        for name in ("hf_warpers.safetensors", "hf_warpers.json"):
+            (staged / name).replace(path / name)
+
+
 def main():
     names = sorted(p.name for p in FIXTURES_DIR.iterdir() if (p / "torch_state_dict.safetensors").exists())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=names)
+    parser.add_argument("--warpers-only", action="store_true", help="only the warper edge cases (hf_warpers.*)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    record_warpers(FIXTURES_DIR)
+    if args.warpers_only:
+        return
     for name in [args.only] if args.only else names:
         rec, modules = record_fixture(FIXTURES_DIR / name)
         write(FIXTURES_DIR / name, rec, modules)
