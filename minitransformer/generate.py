@@ -220,12 +220,13 @@ def process_logits(sequences, scores, s):
     return scores
 
 
-def warp(scores, s, min_tokens_to_keep=1):  # [n_rows, n_vocab] -> same
-    """HF's sampling warpers in its order: temperature, top-k, top-p (removed tokens get -inf)."""
+def warp(scores, s):  # [n_rows, n_vocab] -> same
+    """HF's sampling warpers in its order: temperature, top-k, top-p (removed tokens get -inf). HF's
+    min_tokens_to_keep is 1 here: it is larger only in beam sampling, which is refused."""
     if s.temperature != 1.0:
         scores = scores / np.float32(s.temperature)
     if s.top_k != 0:  # TopKLogitsWarper: every token below the k-th largest score goes (ties at the k-th stay)
-        k = min(max(s.top_k, min_tokens_to_keep), scores.shape[1])
+        k = min(s.top_k, scores.shape[1])
         kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # [n_rows, 1]
         scores = np.where(scores < kth, _NEG_INF, scores)
     if s.top_p < 1.0:  # TopPLogitsWarper: drop the least likely tokens whose cumulative probability <= 1 - top_p
@@ -233,7 +234,7 @@ def warp(scores, s, min_tokens_to_keep=1):  # [n_rows, n_vocab] -> same
         sorted_scores = np.take_along_axis(scores, ascending, axis=1)
         cumulative = np.cumsum(np.exp(log_softmax(sorted_scores)), axis=1)
         remove_sorted = cumulative <= np.float32(1 - s.top_p)
-        remove_sorted[:, -min_tokens_to_keep:] = False
+        remove_sorted[:, -1] = False                                  # the most likely token always stays
         remove = np.empty_like(remove_sorted)
         np.put_along_axis(remove, ascending, remove_sorted, axis=1)
         scores = np.where(remove, _NEG_INF, scores)
@@ -297,15 +298,14 @@ class Trace:
         if self.attentions is not None:
             self.attentions.append(stepper.attentions())
 
-    def fields(self):
-        attentions = self.attentions or []
-        return dict(scores=_tuple(self.scores), logits=_tuple(self.logits),
-                    decoder_attentions=_tuple(self.attentions and [self_attn for self_attn, _ in attentions]),
-                    cross_attentions=_tuple(self.attentions and [cross for _, cross in attentions]))
+    def fields(self):  # -> the result object's per-step fields, None where not asked for
+        def steps(items):
+            return None if items is None else tuple(items)
 
-
-def _tuple(items):
-    return None if items is None else tuple(items)
+        attentions = self.attentions
+        return dict(scores=steps(self.scores), logits=steps(self.logits),
+                    decoder_attentions=None if attentions is None else tuple(step[0] for step in attentions),
+                    cross_attentions=None if attentions is None else tuple(step[1] for step in attentions))
 
 
 class ModelStepper:
