@@ -131,7 +131,8 @@ def test_settings_that_change_nothing_are_not_recorded(name):
     meta, hf = recorded(name)
     plain_ids, plain_scores = hf["greedy.sequences"], hf["greedy.scores"]
     for case, spec in meta["cases"].items():
-        settings = set(spec["kwargs"]) - {"num_beams", "do_sample", "max_new_tokens", "output_attentions", "output_logits"}
+        settings = set(spec["kwargs"]) - {"num_beams", "do_sample", "max_new_tokens", "output_attentions",
+                                          "output_logits"}
         if spec["kwargs"].get("num_beams", 1) == 1 and not spec["kwargs"].get("do_sample") and settings:
             ids, scores = hf[f"{case}.sequences"], hf[f"{case}.scores"]
             same_ids = ids.shape == plain_ids.shape and (ids == plain_ids).all()

@@ -91,7 +91,8 @@ class Recorder:
             kept.append("logits")
         if kwargs.get("output_attentions"):
             self.tensors[prefix + "encoder_attentions"] = torch.stack(out.encoder_attentions)
-            self.tensors[prefix + "cross_attentions"] = torch.stack([torch.stack(step) for step in out.cross_attentions])
+            self.tensors[prefix + "cross_attentions"] = torch.stack([torch.stack(layers)
+                                                                     for layers in out.cross_attentions])
             for step, layers in enumerate(out.decoder_attentions):
                 self.tensors[f"{prefix}decoder_attentions.{step}"] = torch.stack(layers)
             kept += ["encoder_attentions", "cross_attentions", "decoder_attentions"]
