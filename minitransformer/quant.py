@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+
 def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point)
     """DynamicQuantizeLinear (ONNX): the range [min, max] widened to include 0, scale = (max - min) / 255,
     zero point = round(-min / scale) clamped to [0, 255], q = saturate(round(x / scale) + zero point);
@@ -90,18 +91,6 @@ _matmul_integer_parallel = numba.njit(cache=True, parallel=True)(_matmul_integer
 PARALLEL_MIN_WORK = 1 << 22  # multiply-adds: the lm_head of an OPUS-MT-size model, a batch through the ffn
 
 
-@numba.njit(cache=True)
-def _dequantize_products(accumulated, x_scale, scales, out):
-    # accumulated int32 [n, d_out], scales float32 [d_out] -> out float32 [n, d_out]:
-    # Cast then Mul by (x_scale * w_scale), each factor one float32 product as the graph's scales Mul
-    factors = np.empty(out.shape[1], dtype=np.float32)
-    for j in range(out.shape[1]):
-        factors[j] = x_scale * scales[j]
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] = np.float32(accumulated[i, j]) * factors[j]
-
-
 def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
     """MatMulInteger: sum over k of (a - a_zero)(b - b_zero), exact in int32: every term and partial sum stays
     below 255 * 255 * d_in < 2^31 for d_in up to 33,000. b_zero is one zero point or one per output."""
@@ -130,7 +119,7 @@ class QuantizedWeight:
         object.__setattr__(self, "row_sums", self.weight.sum(axis=1, dtype=np.int32))
         object.__setattr__(self, "zero_points", np.ascontiguousarray(
             np.broadcast_to(self.zero_point.astype(np.int32), (d_out,))))
-        object.__setattr__(self, "scales", np.ascontiguousarray(np.broadcast_to(self.scale, (d_out,))))
+        object.__setattr__(self, "scales", np.ascontiguousarray(np.broadcast_to(self.scale, (d_out,))))  # float
 
     @property
     def shape(self):
@@ -145,21 +134,9 @@ class QuantizedWeight:
 
     def matmul(self, x):  # float [..., d_in] -> [..., d_out]
         """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale), in the graph's order."""
-        if x.dtype != np.float32:  # the float64 arbiter: the same steps in numpy
-            x_q, x_scale, x_zero = dynamic_quantize(x)
-            accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_points, self.row_sums)
-            return accumulated.astype(self.dtype) * (x_scale * self.scale)
-        d_out, d_in = self.weight.shape
-        rows = np.ascontiguousarray(x.reshape(-1, d_in))                     # [n, d_in]
-        x_q = np.empty(rows.shape, dtype=np.uint8)
-        x_scale, x_zero = _dynamic_quantize_f32(rows.reshape(-1), x_q.reshape(-1))
-        accumulated = np.empty((len(rows), d_out), dtype=np.int32)
-        kernel = _matmul_integer_parallel if self.weight.size * len(rows) >= PARALLEL_MIN_WORK else \
-            _matmul_integer_serial
-        kernel(x_q, np.int32(x_zero), self.weight, self.zero_points, self.row_sums, accumulated)
-        out = np.empty(accumulated.shape, dtype=np.float32)
-        _dequantize_products(accumulated, np.float32(x_scale), self.scales, out)
-        return out.reshape(*x.shape[:-1], d_out)
+        x_q, x_scale, x_zero = dynamic_quantize(x)
+        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_points, self.row_sums)
+        return accumulated.astype(self.dtype) * (x_scale * self.scales)
 
 
 @numba.njit(cache=True)
