@@ -52,43 +52,50 @@ def dequantize(q, scale, zero_point):  # [...] integer -> float32 [...]: Dequant
     return (q.astype(np.int32) - np.int32(zero_point)).astype(np.float32) * np.float32(scale)
 
 
-def _matmul_integer_loops(a, a_zero, b_t, b_zero, b_row_sums, out):
-    # a [n, d_in] uint8, b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums [d_out] int32
-    # -> out [n, d_out] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain u8 x i8 dot product;
-    # four rows of `a` share each load of b's row. numba widens int32 arithmetic to int64; casting each sum back to
-    # int32 lets LLVM keep 16 lanes per vector (exact: no partial sum reaches 2^31)
+@numba.njit(cache=True)
+def _matmul_integer_rows(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, j_start, j_stop):
+    # a [n, d_in] uint8, a_sums [n], b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums
+    # [d_out] int32 -> out[:, j_start:j_stop] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain
+    # u8 x i8 dot product. Eight rows of `a` share each load of b's row. numba widens int32 arithmetic to int64;
+    # casting each sum back to int32 lets LLVM keep 16 lanes per vector (exact: no partial sum reaches 2^31)
     n, d_in = a.shape
-    d_out = b_t.shape[0]
-    a_sums = np.zeros(n, dtype=np.int32)
-    for i in range(n):
-        for k in range(d_in):
-            a_sums[i] = np.int32(a_sums[i] + np.int32(a[i, k]))
-    n4 = n - n % 4
-    for j in numba.prange(d_out):
+    n8 = n - n % 8
+    for j in range(j_start, j_stop):
         fold = np.int32(d_in) * a_zero * b_zero[j] - a_zero * b_row_sums[j]
-        for i in range(0, n4, 4):
-            c0, c1, c2, c3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+        for i in range(0, n8, 8):
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = np.int32(0)
             for k in range(d_in):
                 w = np.int32(b_t[j, k])
                 c0 = np.int32(c0 + np.int32(a[i, k]) * w)
                 c1 = np.int32(c1 + np.int32(a[i + 1, k]) * w)
                 c2 = np.int32(c2 + np.int32(a[i + 2, k]) * w)
                 c3 = np.int32(c3 + np.int32(a[i + 3, k]) * w)
-            out[i, j] = c0 + fold - b_zero[j] * a_sums[i]
-            out[i + 1, j] = c1 + fold - b_zero[j] * a_sums[i + 1]
-            out[i + 2, j] = c2 + fold - b_zero[j] * a_sums[i + 2]
-            out[i + 3, j] = c3 + fold - b_zero[j] * a_sums[i + 3]
-        for i in range(n4, n):
+                c4 = np.int32(c4 + np.int32(a[i + 4, k]) * w)
+                c5 = np.int32(c5 + np.int32(a[i + 5, k]) * w)
+                c6 = np.int32(c6 + np.int32(a[i + 6, k]) * w)
+                c7 = np.int32(c7 + np.int32(a[i + 7, k]) * w)
+            for r, c in enumerate((c0, c1, c2, c3, c4, c5, c6, c7)):
+                out[i + r, j] = c + fold - b_zero[j] * a_sums[i + r]
+        for i in range(n8, n):
             c = np.int32(0)
             for k in range(d_in):
                 c = np.int32(c + np.int32(a[i, k]) * np.int32(b_t[j, k]))
             out[i, j] = c + fold - b_zero[j] * a_sums[i]
 
 
-# threads only pay on large weights: a parallel region costs tens of microseconds, more on a busy machine
-_matmul_integer_serial = numba.njit(cache=True)(_matmul_integer_loops)
-_matmul_integer_parallel = numba.njit(cache=True, parallel=True)(_matmul_integer_loops)
-PARALLEL_MIN_WORK = 1 << 22  # multiply-adds: the lm_head of an OPUS-MT-size model, a batch through the ffn
+@numba.njit(cache=True, parallel=True)
+def _matmul_integer_threaded(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, n_chunks):
+    """`_matmul_integer_rows` over n_chunks runs of outputs, shared among numba's threads."""
+    d_out = b_t.shape[0]
+    size = (d_out + n_chunks - 1) // n_chunks
+    for chunk in numba.prange(n_chunks):
+        _matmul_integer_rows(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, chunk * size,
+                             min(d_out, (chunk + 1) * size))
+
+
+# threads only pay on a large weight: a parallel region costs tens of microseconds, and much more when a sibling
+# thread is descheduled on a busy machine (the many small products of an encoder pass suffer most)
+PARALLEL_MIN_WEIGHT = 1 << 23  # int8 elements: an OPUS-MT-size lm_head (33 M), not its 1 M ffn weights
 
 
 def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
@@ -99,10 +106,14 @@ def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b
         b_zero = np.ascontiguousarray(np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (d_out,)))
     if b_row_sums is None:
         b_row_sums = b_t.sum(axis=1, dtype=np.int32)
-    rows = a.reshape(-1, a.shape[-1])
+    rows = np.ascontiguousarray(a.reshape(-1, a.shape[-1]))                 # [n, d_in]
+    a_sums = rows.sum(axis=1, dtype=np.int32)
     out = np.empty((rows.shape[0], d_out), dtype=np.int32)
-    kernel = _matmul_integer_parallel if b_t.size * len(rows) >= PARALLEL_MIN_WORK else _matmul_integer_serial
-    kernel(np.ascontiguousarray(rows), np.int32(a_zero), b_t, b_zero, b_row_sums, out)
+    if b_t.size >= PARALLEL_MIN_WEIGHT:
+        _matmul_integer_threaded(rows, np.int32(a_zero), a_sums, b_t, b_zero, b_row_sums, out,
+                                 8 * numba.get_num_threads())
+    else:
+        _matmul_integer_rows(rows, np.int32(a_zero), a_sums, b_t, b_zero, b_row_sums, out, 0, d_out)
     return out.reshape(*a.shape[:-1], d_out)
 
 

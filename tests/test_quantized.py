@@ -16,6 +16,7 @@ from minitransformer.cli import main
 from minitransformer.errors import ModelError
 from minitransformer.extract import extract, write_extracted
 from minitransformer.families import spec_from_config, tie_groups
+from minitransformer import quant
 from minitransformer.quant import dynamic_quantize, integer_product, matmul_integer
 from minitransformer.verify import compare
 from minitransformer.families import canonical_names
@@ -211,11 +212,13 @@ def test_every_step_against_onnxruntime_int8_by_the_verdict_rule(name, quantized
         assert "differ" not in report.our_tokens, report
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
-@pytest.mark.parametrize("n_rows", [1, 3, 4, 9, 600])
-def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows):
+@pytest.mark.parametrize("n_rows", [1, 3, 8, 17, 600])
+def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows, threaded, monkeypatch):
     """Serial and threaded kernels, every row-blocking remainder, zero points per tensor and per row, extreme values:
-    against int64 numpy (d_out x n_rows = 600 x 600 crosses the threading threshold)."""
+    against int64 numpy."""
+    monkeypatch.setattr(quant, "PARALLEL_MIN_WEIGHT", 0 if threaded else 1 << 62)
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
     weight = rng.integers(info.min, int(info.max) + 1, (600, 300)).astype(weight_type)
