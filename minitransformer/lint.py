@@ -60,6 +60,10 @@ PATTERNS = {  # as the exporter writes HF's ACT2FN modules
 PATTERNS["silu"] = PATTERNS["swish"]
 
 
+def where(file, branch=None):  # ("decoder_model_merged.onnx", "with_past") -> "decoder_model_merged.onnx (with-past branch)"
+    return file + (f" ({branch.replace('_', '-')} branch)" if branch else "")
+
+
 @dataclass(frozen=True)
 class Finding:
     """One constant (or op pattern) that is not what config.json implies."""
@@ -74,7 +78,7 @@ class Finding:
 
     @property
     def where(self):  # "decoder_model_merged.onnx (with-past branch)"
-        return self.file + (f" ({self.branch.replace('_', '-')} branch)" if self.branch else "")
+        return where(self.file, self.branch)
 
     @property
     def scope(self):  # "/model/decoder/layers.3/final_layer_norm"

@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 
 from .errors import ModelError
+from .extract import load_graph
+from .lint import BRANCHES, where
 from .observe import Recorder
 from .reference import OnnxReference, _session
 from .verdict import FACTOR, judge
 from .verify import cache_array
 
-MERGED = "decoder_model_merged.onnx"
-BRANCHES = {"then_branch": "with-past branch", "else_branch": "no-past branch"}
 
 
 def _scope(module, encoder_file):  # "model.encoder.layers.2.self_attn" -> "/layers.2/self_attn/"
@@ -136,10 +136,15 @@ class Divergence:
     n_modules: int              # module outputs our engine recorded: all of them have a boundary in the graph
 
 
-def _file_of(layout, step):
+def _graph_of(layout, step):  # -> (the graph file the ONNX Runtime loop runs at this step, its label in reports)
     if layout == "split":
-        return "decoder_model.onnx" if step == 0 else "decoder_with_past_model.onnx"
-    return f"{MERGED} ({BRANCHES['else_branch' if step == 0 else 'then_branch']})"
+        file_name = "decoder_model.onnx" if step == 0 else "decoder_with_past_model.onnx"
+        return file_name, file_name
+    return "decoder_model_merged.onnx", where("decoder_model_merged.onnx", "no_past" if step == 0 else "with_past")
+
+
+def _recorder():  # module outputs only: one encode or one decode step, so each module's list holds one value
+    return Recorder(probs=False)
 
 
 def _first_divergence(file, step, recorders, ort_values, tensors, factor):
@@ -148,25 +153,12 @@ def _first_divergence(file, step, recorders, ort_values, tensors, factor):
     for kind, module in exact.order:
         if kind != "output" or module not in tensors:
             continue
-        index = exact.order_index[(kind, module)]
-        judgement = judge(module, ort_values[tensors[module]], exact.outputs[module][index],
-                          ours.outputs[module][index], factor)
+        judgement = judge(module, ort_values[tensors[module]], exact.outputs[module][0], ours.outputs[module][0],
+                          factor)
         compared += 1
         if not judgement.ok:
             return Divergence(file, step, module, judgement, compared, n_modules)
     return Divergence(file, step, None, None, compared, n_modules)
-
-
-class _OrderedRecorder(Recorder):
-    """A Recorder that remembers which call of a module each entry of `order` was (a module may run twice)."""
-
-    def __init__(self):
-        super().__init__(probs=False)
-        self.order_index = {}
-
-    def output(self, name, value):
-        self.order_index[("output", name)] = len(self.outputs[name])
-        super().output(name, value)
 
 
 class LocalizingReference(OnnxReference):
@@ -190,19 +182,19 @@ class LocalizingReference(OnnxReference):
 
 def has_scopes(onnx_dir):
     """Whether the decoder graph's node names carry module scopes (optimum's do; other exporters' may not)."""
-    graph = onnx.load(os.path.join(onnx_dir, "decoder_model.onnx"), load_external_data=False).graph
-    return any("/layers." in n.name or "/block." in n.name for n in graph.node)
+    graph, _ = load_graph(os.path.join(onnx_dir, "decoder_model.onnx"))  # memory-mapped: the weights stay unread
+    return any("/layers." in n.name or "/block." in n.name for n in graph.graph.node)
 
 
 def localize(model, onnx_dir, input_ids, attention_mask, tokens_by_layout, factor=FACTOR, threads=None):
     """-> [Divergence] per graph file and step, in execution order; `tokens_by_layout` {layout: [tokens per step]}
     are the tokens the verdict pass fed, [n_batch, 1] each."""
     exact_model = model.astype(np.float64)
-    recorders = _OrderedRecorder(), _OrderedRecorder()
+    recorders = _recorder(), _recorder()
     exact_hidden = exact_model.encode(input_ids, attention_mask, observer=recorders[1])
     model.encode(input_ids, attention_mask, observer=recorders[0])
     encoder_modules = [m for kind, m in recorders[1].order if kind == "output"]
-    probe = _OrderedRecorder()
+    probe = _recorder()
     state = exact_model.start(exact_hidden, attention_mask, 1)
     exact_model.decode_step(state, next(iter(tokens_by_layout.values()))[0], observer=probe)
     decoder_modules = [m for kind, m in probe.order if kind == "output"]
@@ -217,14 +209,13 @@ def localize(model, onnx_dir, input_ids, attention_mask, tokens_by_layout, facto
         state = model.start(hidden32, attention_mask, len(steps))
         exact_state = exact_model.start(exact_hidden, attention_mask, len(steps))
         for step, tokens in enumerate(steps):
-            recorders = _OrderedRecorder(), _OrderedRecorder()
+            recorders = _recorder(), _recorder()
             loop.step(tokens)
             model.decode_step(state, tokens, observer=recorders[0])
             exact_model.decode_step(exact_state, tokens, observer=recorders[1])
-            file_name = "decoder_model_merged.onnx" if layout == "merged" else (
-                "decoder_model.onnx" if step == 0 else "decoder_with_past_model.onnx")
-            found.append(_first_divergence(_file_of(layout, step), step, recorders, loop.last_outputs,
-                                           reference.tensors[file_name], factor))
+            file_name, label = _graph_of(layout, step)
+            found.append(_first_divergence(label, step, recorders, loop.last_outputs, reference.tensors[file_name],
+                                           factor))
             # the next step's graph reads our cache, not the one this graph wrote: each file is judged on its own
             loop.past = {name: np.ascontiguousarray(cache_array(state, name.replace("past_key_values", "present")))
                          for name in loop.past}
@@ -309,7 +300,7 @@ def _same_layer(a, b):  # "model.decoder.layers.2.fc1" and "model.decoder.layers
 
 def weight_differences(model, onnx_dir):
     """[Cause] for every weight of another export's graphs that differs from `model`'s."""
-    from .extract import graph_files, graph_weights, load_graph
+    from .extract import graph_files, graph_weights
     from .families import canonical_names, encoder_root
     from .weights import expected_shapes
     common_of = {canonical: common for common, canonical in

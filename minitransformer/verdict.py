@@ -34,6 +34,11 @@ def rms(x):  # any array -> float, computed in float64
     return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
 
 
+def threshold(rounding, scale, factor=FACTOR):
+    """factor * max(rounding, UNIT_ROUNDOFF * scale): the rounding measured, never below storing the values."""
+    return factor * max(rounding, UNIT_ROUNDOFF * scale)
+
+
 @dataclass
 class Judgement:
     """One output judged by the rule; the figures are RMS over the output's elements."""
@@ -54,8 +59,8 @@ class Judgement:
 
     def swapped(self):
         """Our engine judged with the candidate as the yardstick: is ours within the rounding the other one has?"""
-        threshold = self.factor * max(self.deviation, UNIT_ROUNDOFF * self.scale)
-        return Judgement(self.name, self.yardstick, self.deviation, threshold, self.scale, self.factor)
+        return Judgement(self.name, self.yardstick, self.deviation, threshold(self.deviation, self.scale, self.factor),
+                         self.scale, self.factor)
 
     def as_dict(self):  # for JSON, which has no infinity: an infinite figure (a shape mismatch) becomes None
         figures = {**asdict(self), "margin": self.margin}
@@ -70,8 +75,8 @@ def judge(name, candidate, exact, yardstick, factor=FACTOR):
     if np.shape(candidate) != exact.shape or np.shape(yardstick) != exact.shape:
         return Judgement(name, float("inf"), float("inf"), 0.0, float("nan"), factor)
     rounding, scale = rms(np.asarray(yardstick, np.float64) - exact), rms(exact)
-    threshold = factor * max(rounding, UNIT_ROUNDOFF * scale)
-    return Judgement(name, rms(np.asarray(candidate, np.float64) - exact), rounding, threshold, scale, factor)
+    return Judgement(name, rms(np.asarray(candidate, np.float64) - exact), rounding,
+                     threshold(rounding, scale, factor), scale, factor)
 
 
 def token_verdict(chosen, exact_logits, band):

@@ -1,7 +1,8 @@
-"""Our engine and the ONNX Runtime loop side by side, step by step: where and by how much they differ.
+"""ONNX Runtime's loop, our float32 engine and its float64 evaluation side by side, step by step: every output
+judged by the verdict rule (verdict.py).
 
-Both engines encode the same sources independently and then decode the same tokens: at every step
-each is fed the token ONNX Runtime chose, so a divergence cannot hide behind diverged inputs.
+The three engines encode the same sources independently and then decode the same tokens: at every step each
+is fed the token ONNX Runtime chose, so a divergence cannot hide behind diverged inputs.
 """
 from dataclasses import dataclass, field
 
