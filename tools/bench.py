@@ -16,7 +16,12 @@ rotated from repetition to repetition (ABAB..., BABA...), so a burst of load fro
   ort-merged-raw  the same for the merged graph
   PKG             with --also PKG: PKG.load() from another importable copy of the package (a patched copy on
                   PYTHONPATH), so a proposed change is timed against the current code in the same run
-Then greedy and beam-4 generate() (min_new_tokens forces 64 tokens) for ours and for reference_generate, and a
+  ct2             CTranslate2 float32 (ct2-int8 in the int8 section), when ctranslate2 imports: the HF model this
+                  export was made from, converted into WORK_DIR/ct2-float32 and ct2-int8; its own greedy tokens,
+                  a step timed between the per-token callbacks of one translate_batch (tools/bench_ct2.py says
+                  exactly what is timed, and checks its logits against our float64 evaluation first)
+Then greedy and beam-4 generate() (min_new_tokens forces 64 tokens) for ours, for reference_generate and for
+CTranslate2's translate_batch (min = max decoding length 64), and a
 profile of our decode step: each component timed by wrapping the module's functions in this process only, the same
 matvecs on bare BLAS (package layout and pre-transposed), and cProfile's top functions.
 
@@ -61,19 +66,44 @@ ONNX_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_mo
 
 # ---------------------------------------------------------------------------------------------- building
 
+def built_from(seed):
+    """What the benchmark model is made of; the stamp beside the export and the CTranslate2 conversions."""
+    return {"config": MODEL_CONFIG, "generation": GENERATION_CONFIG, "seed": seed}
+
+
 def build_export(work_dir, seed):
     """The seeded random MarianMTModel, saved and exported once; -> the export dir."""
-    hf_dir, onnx_dir = os.path.join(work_dir, "hf"), os.path.join(work_dir, "onnx")
+    onnx_dir = os.path.join(work_dir, "onnx")
     stamp = os.path.join(onnx_dir, "bench-build.json")
-    wanted = {"config": MODEL_CONFIG, "generation": GENERATION_CONFIG, "seed": seed}
     if os.path.exists(stamp) and all(os.path.exists(os.path.join(onnx_dir, g)) for g in ONNX_GRAPHS):
         with open(stamp) as f:
-            if json.load(f) == wanted:
+            if json.load(f) == built_from(seed):
                 return onnx_dir
+    print(f"building the benchmark model in {work_dir} (one time, a few minutes)", file=sys.stderr)
+    hf_dir = save_hf_model(work_dir, seed)
+    t0 = time.perf_counter()
+    subprocess.run([tool_path("optimum-cli"), "export", "onnx", "--model", hf_dir,
+                    "--task", "text2text-generation-with-past", onnx_dir], check=True, stdout=subprocess.DEVNULL)
+    print(f"exported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    with open(stamp, "w") as f:
+        json.dump(built_from(seed), f)
+    return onnx_dir
+
+
+def hf_model_dir(work_dir, seed):
+    """WORK_DIR/hf, the HF model the export was made from (saved again when missing). -> that directory."""
+    hf_dir = os.path.join(work_dir, "hf")
+    if all(os.path.exists(os.path.join(hf_dir, f)) for f in ("config.json", "model.safetensors")):
+        return hf_dir
+    return save_hf_model(work_dir, seed)
+
+
+def save_hf_model(work_dir, seed):
+    """The seeded random MarianMTModel, written by save_pretrained into WORK_DIR/hf. -> that directory."""
     import torch
     import transformers
 
-    print(f"building the benchmark model in {work_dir} (one time, a few minutes)", file=sys.stderr)
+    hf_dir = os.path.join(work_dir, "hf")
     torch.manual_seed(seed)
     config = transformers.MarianConfig(**{k: v for k, v in MODEL_CONFIG.items() if k != "model_type"})
     model = transformers.MarianMTModel(config).eval()
@@ -88,13 +118,7 @@ def build_export(work_dir, seed):
         model.final_logits_bias.normal_(0.0, 0.02)
     model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
     model.save_pretrained(hf_dir)
-    t0 = time.perf_counter()
-    subprocess.run([tool_path("optimum-cli"), "export", "onnx", "--model", hf_dir,
-                    "--task", "text2text-generation-with-past", onnx_dir], check=True, stdout=subprocess.DEVNULL)
-    print(f"exported in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    with open(stamp, "w") as f:
-        json.dump(wanted, f)
-    return onnx_dir
+    return hf_dir
 
 
 def set_thread_environment(threads):
@@ -328,21 +352,24 @@ def bench_decode(engines, step_ids, reps, budget):
     raw = {e.name: {"encoder": [], "start": [], "steps": [], "step0": [], "total": []} for e in engines}
     logits = {}
     for e in engines:  # warm-up: numba compilation, ORT's first-run allocations
-        hidden = e.encode()
-        e.decode(hidden, step_ids[:4])
+        e.decode(e.encode(), step_ids[:4])
     began = time.perf_counter()
     for rep in range(reps):
         for e in engines[rep % len(engines):] + engines[:rep % len(engines)]:
             t0 = time.perf_counter()
             hidden = e.encode()
-            raw[e.name]["encoder"].append(time.perf_counter() - t0)
-            start, times, last = e.decode(np.asarray(hidden, np.float32), step_ids)
             r = raw[e.name]
+            if hidden is not None:  # None: no separate encoder call; decode's start includes the encoder
+                r["encoder"].append(time.perf_counter() - t0)
+                hidden = np.asarray(hidden, np.float32)
+            start, times, last = e.decode(hidden, step_ids)
             r["start"].append(start)
             r["steps"].extend(times)
-            r["step0"].append(times[0])
+            if hidden is not None:  # else step 0 is in start too
+                r["step0"].append(times[0])
             r["total"].append(start + sum(times))
-            logits[e.name] = np.asarray(last)
+            if last is not None:
+                logits[e.name] = np.asarray(last)
         print(f"  rep {rep + 1}/{reps}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
         # a repetition that would end past the budget is not started (3 at least, for a median)
         per_rep = (time.perf_counter() - began) / (rep + 1)
@@ -352,13 +379,14 @@ def bench_decode(engines, step_ids, reps, budget):
     return raw, logits
 
 
-def bench_generate(model, ref, src, mask, n_new, reps, budget):
-    """Greedy and beam-4 generate(), ours and reference_generate (split), interleaved. -> raw seconds per token."""
+def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=()):
+    """Greedy and beam-4 generate(), ours and reference_generate (split), and extra (name, run) jobs, interleaved.
+    -> (raw seconds per token, ours = ORT per search, tokens per job, every job's last output)."""
     from minitransformer.generate import resolve_settings
     from minitransformer.reference import reference_generate
     raw, tokens = {}, {}
     # min_new_tokens keeps eos out until the end, so random weights still generate n_new tokens
-    jobs = []
+    jobs = list(extra_jobs)
     for beams in (1, 4):
         settings = {"max_new_tokens": n_new, "num_beams": beams, "min_new_tokens": n_new}
         resolved = resolve_settings(model, settings)
@@ -380,7 +408,7 @@ def bench_generate(model, ref, src, mask, n_new, reps, budget):
             if tokens[f"ours {label}"].shape == tokens[f"ort-split {label}"].shape else False
             for label in ("greedy", "beam4")}
     lengths = {name: int(out.shape[1] - 1) for name, out in tokens.items()}
-    return raw, same, lengths
+    return raw, same, lengths, tokens
 
 
 # ---------------------------------------------------------------------------------------------- profiling
@@ -535,10 +563,13 @@ def summarize(raw, ours="ours"):
                       "step_ms": median_ms(r["steps"]), "step0_ms": median_ms(r["step0"]),
                       "decode64_ms": median_ms(r["total"]), "reps": len(r["total"])}
     for name, r in raw.items():  # paired: per repetition, ours / this engine, then the median
+        ours_total = raw[ours]["total"]
+        if not r["encoder"]:  # its total includes its encoder (CTranslate2): against ours' encoder + total
+            ours_total = [a + b for a, b in zip(raw[ours]["encoder"], ours_total)]
         rows[name]["ours_over_this"] = {
             "encoder": rows[ours]["encoder_ms"] / rows[name]["encoder_ms"],
             "step": rows[ours]["step_ms"] / rows[name]["step_ms"],
-            "decode64_paired": statistics.median(a / b for a, b in zip(raw[ours]["total"], r["total"]))}
+            "decode64_paired": statistics.median(a / b for a, b in zip(ours_total, r["total"]))}
     return rows
 
 
@@ -565,6 +596,19 @@ def headline(rows, generate, fresh, env):
     return figures
 
 
+def print_ct2(bench_ct2, agreement, generate, not_measured, n_steps):
+    """CTranslate2's generate rows and its check against our float64 evaluation, or the one line saying why it
+    was not measured."""
+    if not_measured:
+        print(f"\n{not_measured}")
+        return
+    print("\nCTranslate2:")
+    if generate and "ct2" in generate:
+        bench_ct2.print_generate(generate["ct2"], n_steps)
+    if agreement:
+        bench_ct2.print_agreement(agreement)
+
+
 def print_report(env, rows, generate, profile, logits_diff, fresh=None):
     print(f"\nenvironment: {env['cpu']}, {env['cores_usable']}/{env['cores']} cores usable, Python {env['python']}, "
           f"numpy {env['numpy']} (OpenBLAS {env['openblas_threads']} threads, {env['openblas_core']} kernels), "
@@ -583,6 +627,10 @@ def print_report(env, rows, generate, profile, logits_diff, fresh=None):
     print("  start: ours = Model.start (cross-attention K/V for 6 layers + cache allocation); ORT computes those in "
           "step 0.\n  64 steps = start + all 64 steps; its ratio is the median of per-repetition ratios.")
     print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
+    if "ct2" in rows:
+        print("  ct2: CTranslate2 float32, its own greedy tokens; start = the call to its first token (encoder, "
+              "cross K/V, step 0),\n  steps = the intervals between its tokens; its 64-step ratio is ours' encoder + "
+              "64 steps over the whole call")
     if generate:
         print("\ngenerate(), ms per generated token (median):")
         for label in ("greedy", "beam4"):
@@ -630,9 +678,9 @@ def build_int8(model_dir, work_dir):
     return int8_dir
 
 
-def bench_int8(int8_dir, threads, src, mask, step_ids, reps, budget):
-    """Our int8 engine against ONNX Runtime's on the same quantized graphs, interleaved in one run.
-    -> (rows as summarize gives them, max |logits ours - ORT| at the last step)."""
+def bench_int8(int8_dir, threads, src, mask, step_ids, reps, budget, extra_engines=()):
+    """Our int8 engine against ONNX Runtime's on the same quantized graphs (and extra engines: CTranslate2 int8),
+    interleaved in one run. -> (rows as summarize gives them, max |logits ours - ORT| at the last step)."""
     import numpy as np
 
     import minitransformer as mt
@@ -642,7 +690,7 @@ def bench_int8(int8_dir, threads, src, mask, step_ids, reps, budget):
     engines = [Ours(model, src, mask, "ours-int8"), OrtLoop(ref, "split", src, mask), OrtRaw(ref, "split", src, mask)]
     for engine in engines[1:]:
         engine.name = engine.name.replace("ort-", "ort-int8-")
-    raw, logits = bench_decode(engines, step_ids, reps, budget)
+    raw, logits = bench_decode(engines + list(extra_engines), step_ids, reps, budget)
     return summarize(raw, ours="ours-int8"), float(np.abs(logits["ours-int8"] - logits["ort-int8-split"]).max())
 
 
@@ -658,6 +706,36 @@ def print_int8(rows, logits_diff, env):
             name, r["encoder_ms"], r["step_ms"], r["decode64_ms"], r["reps"], q["encoder"], q["step"],
             q["decode64_paired"]))
     print(f"  max |logits ours-int8 - ORT int8| at the last step: {logits_diff:.2e}")
+
+
+def ct2_engines_for(args, src):
+    """CTranslate2 float32 and int8 engines on the bench's own HF model, converted once into the work dir.
+    -> (the bench_ct2 module, {quantization: engine}, None), or (bench_ct2, {}, the one-line reason why not)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_ct2
+    if args.no_ct2:
+        return bench_ct2, {}, "CTranslate2 not measured: --no-ct2"
+    if args.model_dir:
+        return bench_ct2, {}, "CTranslate2 not measured: --model-dir gives no HF model to convert (the built one has)"
+    ctranslate2, reason = bench_ct2.import_ctranslate2()
+    if ctranslate2 is None:
+        return bench_ct2, {}, reason
+    hf_dir = hf_model_dir(args.work_dir, args.seed)
+    engines = {}
+    for quantization in bench_ct2.QUANTIZATIONS:
+        ct2_dir = bench_ct2.convert(ctranslate2, hf_dir, args.work_dir, quantization, built_from(args.seed))
+        name = "ct2" if quantization == "float32" else f"ct2-{quantization}"
+        engines[quantization] = bench_ct2.Ct2Steps(ctranslate2, ct2_dir, quantization, args.threads, src, name)
+    return bench_ct2, engines, None
+
+
+def write_json(path, result):
+    text = json.dumps(result)  # one line: `--json -` makes it the last line of stdout
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def main():
@@ -687,6 +765,7 @@ def main():
     parser.add_argument("--int8", action="store_true", help="also time the int8 model (the export quantized by "
                         "ORTQuantizer, avx512_vnni, dynamic, per tensor, into WORK_DIR/int8) against ONNX Runtime int8")
     parser.add_argument("--int8-only", action="store_true", help="the int8 section alone")
+    parser.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (measured when ctranslate2 imports)")
     args = parser.parse_args()
 
     set_thread_environment(args.threads)  # before numpy's first import, which happens below
@@ -714,18 +793,33 @@ def main():
     forced = np.concatenate([[start_id], rng.integers(1, spec.n_vocab - 1, size=args.steps - 1)])
     step_ids = [np.array([[t]], dtype=np.int64) for t in forced]  # built once, before any clock runs
     env.update(n_src=args.src_len, n_steps=args.steps, model_dir=model_dir)
+    bench_ct2, ct2_engines, ct2_not_measured = ct2_engines_for(args, src)
+    ct2_agreement = None
+    if ct2_engines:
+        env["ctranslate2"] = sys.modules["ctranslate2"].__version__
+        print("ct2: CTranslate2's logits along the forced steps against our float64 evaluation", file=sys.stderr)
+        ct2_agreement = bench_ct2.agreement(model, list(ct2_engines.values()), src, mask, step_ids)
+    int8_rows = None
     if args.int8 or args.int8_only:
         int8_rows, int8_diff = bench_int8(build_int8(model_dir, args.work_dir), args.threads, src, mask, step_ids,
-                                          args.reps, 0.5 * args.budget)
+                                          args.reps, 0.5 * args.budget, [ct2_engines["int8"]] if ct2_engines else [])
         print_int8(int8_rows, int8_diff, env)
         env["int8"] = {"decode": int8_rows, "max_abs_logits_diff": int8_diff, "load_average": os.getloadavg()}
+        if ct2_engines:
+            env["int8"]["int8_decode_step_ratio_vs_ct2_int8"] = int8_rows["ct2-int8"]["ours_over_this"]["step"]
         if args.int8_only:
+            print_ct2(bench_ct2, ct2_agreement, None, ct2_not_measured, args.steps)
+            if args.json:
+                write_json(args.json, {**bench_ct2.headline(None, None, int8_rows, ct2_not_measured),
+                                       "environment": env, "ct2_agreement": ct2_agreement})
             return
 
     ref = OnnxReference(model_dir, optimize=True, threads=args.threads)
     import importlib
     extra = [Ours(importlib.import_module(pkg).load(model_dir), src, mask, pkg) for pkg in filter(None, args.also.split(","))]
     engines = [Ours(model, src, mask), *extra, OrtLoop(ref, "split", src, mask), OrtLoop(ref, "merged", src, mask)]
+    if ct2_engines:
+        engines.append(ct2_engines["float32"])
     if not args.no_raw:
         engines += [OrtRaw(ref, "split", src, mask), OrtRaw(ref, "merged", src, mask)]
     print(f"decode: {len(engines)} engines x {args.reps} reps x {args.steps} steps", file=sys.stderr)
@@ -735,10 +829,14 @@ def main():
 
     generate = None
     if not args.no_generate:
-        print("generate: greedy and beam 4, ours and ORT", file=sys.stderr)
-        graw, same, lengths = bench_generate(model, ref, src, mask, args.steps, args.gen_reps, 0.3 * args.budget)
+        print("generate: greedy and beam 4, ours, ORT and CTranslate2", file=sys.stderr)
+        jobs = bench_ct2.generate_jobs(ct2_engines["float32"], args.steps, start_id) if ct2_engines else ()
+        graw, same, lengths, outputs = bench_generate(model, ref, src, mask, args.steps, args.gen_reps,
+                                                      0.3 * args.budget, jobs)
         generate = {"ms_per_token": {k: median_ms(v) for k, v in graw.items()}, "identical": same,
                     "tokens": lengths, "reps": {k: len(v) for k, v in graw.items()}}
+        if ct2_engines:
+            generate["ct2"] = bench_ct2.generate_figures(generate["ms_per_token"], outputs, "ct2", args.steps)
     profile = None
     if not args.no_profile:
         print("profile: our decode step", file=sys.stderr)
@@ -754,16 +852,13 @@ def main():
             print(f"bench: {e}", file=sys.stderr)
     env["load_average_end"] = os.getloadavg()
     print_report(env, rows, generate, profile, logits_diff, fresh)
+    print_ct2(bench_ct2, ct2_agreement, generate, ct2_not_measured, args.steps)
     if args.json:
-        result = {**headline(rows, generate, fresh, env), "environment": env, "decode": rows,
-                  "max_abs_logits_diff": logits_diff, "generate": generate, "fresh_process": fresh, "profile": profile,
+        result = {**headline(rows, generate, fresh, env), **bench_ct2.headline(rows, generate, int8_rows, ct2_not_measured),
+                  "environment": env, "decode": rows, "max_abs_logits_diff": logits_diff, "generate": generate,
+                  "ct2_agreement": ct2_agreement, "fresh_process": fresh, "profile": profile,
                   "raw_seconds": {k: {m: v for m, v in r.items() if m != "steps"} for k, r in raw.items()}}
-        text = json.dumps(result)  # one line: `--json -` makes it the last line of stdout
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text)
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
