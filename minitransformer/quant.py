@@ -9,10 +9,17 @@ read through Gather then DequantizeLinear, (q - zero) * scale, which commutes wi
 
 `QuantizedWeight` is the value a linear slot holds in an int8 model; `ops.linear` applies it.
 """
+import functools
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from . import kernels
 
 
 def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point)
@@ -52,69 +59,169 @@ def dequantize(q, scale, zero_point):  # [...] integer -> float32 [...]: Dequant
     return (q.astype(np.int32) - np.int32(zero_point)).astype(np.float32) * np.float32(scale)
 
 
-@numba.njit(cache=True)
-def _matmul_integer_rows(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, j_start, j_stop):
-    # a [n, d_in] uint8, a_sums [n], b_t [d_out, d_in] int8/uint8 (each output's row streams), b_zero, b_row_sums
-    # [d_out] int32 -> out[:, j_start:j_stop] int32 = (a - a_zero)(b - b_zero), expanded so the inner loop is a plain
-    # u8 x i8 dot product. Eight rows of `a` share each load of b's row. numba widens int32 arithmetic to int64;
-    # casting each sum back to int32 lets LLVM keep 16 lanes per vector (exact: no partial sum reaches 2^31)
-    n, d_in = a.shape
-    n8 = n - n % 8
-    for j in range(j_start, j_stop):
-        fold = np.int32(d_in) * a_zero * b_zero[j] - a_zero * b_row_sums[j]
-        for i in range(0, n8, 8):
-            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = np.int32(0)
-            for k in range(d_in):
-                w = np.int32(b_t[j, k])
-                c0 = np.int32(c0 + np.int32(a[i, k]) * w)
-                c1 = np.int32(c1 + np.int32(a[i + 1, k]) * w)
-                c2 = np.int32(c2 + np.int32(a[i + 2, k]) * w)
-                c3 = np.int32(c3 + np.int32(a[i + 3, k]) * w)
-                c4 = np.int32(c4 + np.int32(a[i + 4, k]) * w)
-                c5 = np.int32(c5 + np.int32(a[i + 5, k]) * w)
-                c6 = np.int32(c6 + np.int32(a[i + 6, k]) * w)
-                c7 = np.int32(c7 + np.int32(a[i + 7, k]) * w)
-            for r, c in enumerate((c0, c1, c2, c3, c4, c5, c6, c7)):
-                out[i + r, j] = c + fold - b_zero[j] * a_sums[i + r]
-        for i in range(n8, n):
-            c = np.int32(0)
-            for k in range(d_in):
-                c = np.int32(c + np.int32(a[i, k]) * np.int32(b_t[j, k]))
-            out[i, j] = c + fold - b_zero[j] * a_sums[i]
+# ---------------------------------------------------------------------------------------------- integer kernel
+# MatMulInteger's u8 x i8 products run on a packed copy of the weight: blocks of 16 outputs, inside a block 4
+# consecutive inputs of one output in one 32-bit lane ([n_block, d_in4, 16, 4], zero padded), the layout of
+# AVX-512 VNNI's vpdpbusd, which adds four u8 x s8 products into each of 16 int32 lanes exactly (no
+# saturation: each u8 x s8 product fits 16 bits, and a lane's sum stays below 255 * 128 * d_in < 2^31). One
+# instruction takes 4 inputs of one activation row (broadcast) times 64 weight bytes. CPUs without it get the
+# same sums from portable vector code (LLVM lowers it to whatever the CPU has; the sums are the same integers).
+
+def _int8_dot_instruction():
+    """"vnni" when the code numba generates may use vpdpbusd on 512-bit vectors, else "portable"."""
+    from numba.core import config
+    if config.CPU_NAME:  # numba compiles for a named CPU (NUMBA_CPU_NAME), with NUMBA_CPU_FEATURES
+        return "vnni" if "+avx512vnni" in (config.CPU_FEATURES or "") else "portable"
+    return "vnni" if llvm.get_host_cpu_features().get("avx512vnni") else "portable"
 
 
-@numba.njit(cache=True, parallel=True)
-def _matmul_integer_threaded(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, n_chunks):
-    """`_matmul_integer_rows` over n_chunks runs of outputs, shared among numba's threads."""
-    d_out = b_t.shape[0]
-    size = (d_out + n_chunks - 1) // n_chunks
-    for chunk in numba.prange(n_chunks):
-        _matmul_integer_rows(a, a_zero, a_sums, b_t, b_zero, b_row_sums, out, chunk * size,
-                             min(d_out, (chunk + 1) * size))
+INT8_DOT = _int8_dot_instruction()
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_LANES, _BYTES = ir.VectorType(_I32, 16), ir.VectorType(_I8, 64)
 
 
-# threads only pay on a large weight: a parallel region costs tens of microseconds, and much more when a sibling
-# thread is descheduled on a busy machine (the many small products of an encoder pass suffer most)
+def _dot_accumulate(builder, sums, activations, weights, instruction):  # <16 x i32>, <64 x i8> x 2 -> <16 x i32>
+    """sums + in each lane l, sum over t < 4 of activations[4l + t] (u8) * weights[4l + t] (s8): vpdpbusd."""
+    if instruction == "vnni":
+        vpdpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LANES, [_LANES, _BYTES, _BYTES]),
+                                                  "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(vpdpbusd, [sums, activations, weights])
+    wide = ir.VectorType(_I32, 64)
+    products = builder.mul(builder.zext(activations, wide), builder.sext(weights, wide))  # exact in int32
+    parts = [builder.shuffle_vector(products, products, ir.Constant(_LANES, [4 * lane + t for lane in range(16)]))
+             for t in range(4)]
+    return builder.add(sums, builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3])))
+
+
+def _make_dot_block(n_rows):
+    @intrinsic
+    def dot_block(typingctx, a, a_start, a_stride, packed, block_start, n_k4, sums, instruction):
+        """sums[16 r + l] = sum over k < 4 n_k4 of a[a_start + r a_stride + k] * packed block's output l, input k,
+        for r < n_rows: one pass over the block (16 outputs), each 64-byte load shared by the n_rows rows."""
+        if not isinstance(instruction, types.StringLiteral):
+            return None
+        signature = types.void(a, a_start, a_stride, packed, block_start, n_k4, sums, instruction)
+
+        def codegen(context, builder, sig, args):
+            a_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            packed_data = context.make_array(sig.args[3])(context, builder, args[3]).data
+            sums_data = context.make_array(sig.args[6])(context, builder, args[6]).data
+            a_start, a_stride, block_start, n_k4 = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                                    for i in (1, 2, 4, 5))
+            entry = builder.block
+            test, body, done = (builder.append_basic_block(name) for name in ("test", "body", "done"))
+            builder.branch(test)
+            builder.position_at_end(test)
+            k4 = builder.phi(_I64)
+            k4.add_incoming(ir.Constant(_I64, 0), entry)
+            accumulators = []
+            for _ in range(n_rows):
+                phi = builder.phi(_LANES)
+                phi.add_incoming(ir.Constant(_LANES, None), entry)
+                accumulators.append(phi)
+            builder.cbranch(builder.icmp_signed("<", k4, n_k4), body, done)
+            builder.position_at_end(body)
+            weight_at = builder.add(block_start, builder.mul(k4, ir.Constant(_I64, 64)))
+            weights = builder.load(builder.bitcast(builder.gep(packed_data, [weight_at]), _BYTES.as_pointer()), align=1)
+            updated = []
+            for r, accumulator in enumerate(accumulators):
+                at = builder.add(builder.add(a_start, builder.mul(a_stride, ir.Constant(_I64, r))),
+                                 builder.mul(k4, ir.Constant(_I64, 4)))
+                four = builder.load(builder.bitcast(builder.gep(a_data, [at]), _I32.as_pointer()), align=1)
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_LANES, None), four,
+                                                                      ir.Constant(_I32, 0)),
+                                               ir.Constant(_LANES, None), ir.Constant(_LANES, [0] * 16))
+                updated.append(_dot_accumulate(builder, accumulator, builder.bitcast(splat, _BYTES), weights,
+                                               instruction.literal_value))
+            k4.add_incoming(builder.add(k4, ir.Constant(_I64, 1)), builder.block)
+            for phi, value in zip(accumulators, updated):
+                phi.add_incoming(value, builder.block)
+            builder.branch(test)
+            builder.position_at_end(done)
+            for r, accumulator in enumerate(accumulators):
+                target = builder.gep(sums_data, [ir.Constant(_I64, 16 * r)])
+                builder.store(accumulator, builder.bitcast(target, _LANES.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return signature, codegen
+    return dot_block
+
+
+_dot_block8, _dot_block4, _dot_block2, _dot_block1 = (_make_dot_block(n) for n in (8, 4, 2, 1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
+                     block_stop, instruction):
+    # a [n, 4 d_in4] uint8 (zero padded), a_sums [n], packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points,
+    # row_sums [d_out] int32 -> out[:, 16 block_start:16 block_stop] int32 = (a - a_zero)(w - zero_points), the
+    # zero points folded out: sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset
+    # the packed integers (offset 128 for uint8 weights, 0 for int8). Eight rows, then 4, 2, 1 share a block pass.
+    # `instruction` is a string constant of the caller below, so each instruction compiles on its own.
+    n, width = a.shape
+    d_out = out.shape[1]
+    n_k4 = width // 4
+    flat = a.reshape(-1)
+    sums = np.empty(8 * 16, dtype=np.int32)  # [rows of a pass, 16 outputs]
+    for block in range(block_start, block_stop):
+        at = block * n_k4 * 64
+        i = 0
+        while i < n:
+            if n - i >= 8:
+                rows = 8
+                _dot_block8(flat, i * width, width, packed, at, n_k4, sums, instruction)
+            elif n - i >= 4:
+                rows = 4
+                _dot_block4(flat, i * width, width, packed, at, n_k4, sums, instruction)
+            elif n - i >= 2:
+                rows = 2
+                _dot_block2(flat, i * width, width, packed, at, n_k4, sums, instruction)
+            else:
+                rows = 1
+                _dot_block1(flat, i * width, width, packed, at, n_k4, sums, instruction)
+            for j in range(16 * block, min(16 * block + 16, d_out)):
+                fold = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
+                for r in range(rows):
+                    out[i + r, j] = np.int32(sums[16 * r + j - 16 * block] - (zero_points[j] - weight_offset)
+                                             * a_sums[i + r] + fold)
+            i += rows
+
+
+@numba.njit(cache=True, nogil=True)
+def _products_vnni(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
+                   block_stop):  # compiled only where INT8_DOT is "vnni": other CPUs cannot run vpdpbusd
+    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
+                     block_stop, "vnni")
+
+
+@numba.njit(cache=True, nogil=True)
+def _products_portable(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
+                       block_stop):
+    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
+                     block_stop, "portable")
+
+
+_PRODUCTS = {"vnni": _products_vnni, "portable": _products_portable}
+
+
+def _pack(weight):  # int8 or uint8 [d_out, d_in] -> int8 [n_block * d_in4 * 64], n_block = ceil(d_out / 16)
+    """The weight in vpdpbusd's layout [n_block, d_in4, 16 outputs, 4 inputs], zero padded; uint8 as w - 128."""
+    d_out, d_in = weight.shape
+    n_block, d_in4 = -(-d_out // 16), -(-d_in // 4)
+    padded = np.zeros((16 * n_block, 4 * d_in4), dtype=np.int8)
+    padded[:d_out, :d_in] = weight.view(np.int8) if weight.dtype == np.int8 else (weight ^ np.uint8(128)).view(np.int8)
+    return np.ascontiguousarray(padded.reshape(n_block, 16, d_in4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+# threads only pay on a large weight: handing out chunks costs tens of microseconds, and much more when a helper
+# is descheduled on a busy machine (the many small products of an encoder pass suffer most)
 PARALLEL_MIN_WEIGHT = 1 << 23  # int8 elements: an OPUS-MT-size lm_head (33 M), not its 1 M ffn weights
 
 
-def matmul_integer(a, a_zero, b_t, b_zero, b_row_sums=None):  # a [..., d_in], b_t [d_out, d_in] -> int32 [..., d_out]
+def matmul_integer(a, a_zero, b_t, b_zero):  # a [..., d_in] uint8, b_t [d_out, d_in] -> int32 [..., d_out]
     """MatMulInteger: sum over k of (a - a_zero)(b - b_zero), exact in int32: every term and partial sum stays
     below 255 * 255 * d_in < 2^31 for d_in up to 33,000. b_zero is one zero point or one per output."""
-    d_out = b_t.shape[0]
-    if np.ndim(b_zero) == 0 or b_zero.dtype != np.int32:
-        b_zero = np.ascontiguousarray(np.broadcast_to(np.asarray(b_zero, dtype=np.int32), (d_out,)))
-    if b_row_sums is None:
-        b_row_sums = b_t.sum(axis=1, dtype=np.int32)
-    rows = np.ascontiguousarray(a.reshape(-1, a.shape[-1]))                 # [n, d_in]
-    a_sums = rows.sum(axis=1, dtype=np.int32)
-    out = np.empty((rows.shape[0], d_out), dtype=np.int32)
-    if b_t.size >= PARALLEL_MIN_WEIGHT:
-        _matmul_integer_threaded(rows, np.int32(a_zero), a_sums, b_t, b_zero, b_row_sums, out,
-                                 8 * numba.get_num_threads())
-    else:
-        _matmul_integer_rows(rows, np.int32(a_zero), a_sums, b_t, b_zero, b_row_sums, out, 0, d_out)
-    return out.reshape(*a.shape[:-1], d_out)
+    weight = QuantizedWeight(b_t, np.ones(np.shape(b_zero), dtype=np.float32), np.asarray(b_zero, dtype=b_t.dtype))
+    return weight.integer_product(a, a_zero)
 
 
 @dataclass(frozen=True)
@@ -132,6 +239,10 @@ class QuantizedWeight:
             np.broadcast_to(self.zero_point.astype(np.int32), (d_out,))))
         object.__setattr__(self, "scales", np.ascontiguousarray(np.broadcast_to(self.scale, (d_out,))))  # float
 
+    @functools.cached_property
+    def packed(self):  # int8 [n_block * d_in4 * 64]: the kernel's copy of the weight (`_pack`), made on first use
+        return _pack(self.weight)
+
     @property
     def shape(self):
         return self.weight.shape
@@ -146,8 +257,26 @@ class QuantizedWeight:
     def matmul(self, x):  # float [..., d_in] -> [..., d_out]
         """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale), in the graph's order."""
         x_q, x_scale, x_zero = dynamic_quantize(x)
-        accumulated = matmul_integer(x_q, x_zero, self.weight, self.zero_points, self.row_sums)
-        return accumulated.astype(self.dtype) * (x_scale * self.scales)
+        return self.integer_product(x_q, x_zero).astype(self.dtype) * (x_scale * self.scales)
+
+    def integer_product(self, a, a_zero):  # a [..., d_in] uint8 -> int32 [..., d_out]: MatMulInteger(a, W)
+        d_out, d_in = self.weight.shape
+        rows = a.reshape(-1, d_in)                                          # [n, d_in]
+        if d_in % 4:  # the kernel reads four inputs at a time: zero padding adds nothing
+            rows = np.concatenate([rows, np.zeros((rows.shape[0], 4 - d_in % 4), dtype=np.uint8)], axis=1)
+        rows = np.ascontiguousarray(rows)                                   # [n, 4 d_in4]
+        a_sums = rows.sum(axis=1, dtype=np.int32)
+        out = np.empty((rows.shape[0], d_out), dtype=np.int32)
+        offset = 128 if self.weight.dtype == np.uint8 else 0
+        packed, products = self.packed, _PRODUCTS[INT8_DOT]
+
+        def work(start, stop):  # output blocks [start, stop)
+            products(rows, np.int64(a_zero), a_sums, packed, d_in, offset, self.zero_points, self.row_sums, out,
+                     start, stop)
+        n_block = -(-d_out // 16)
+        shared = self.weight.size >= PARALLEL_MIN_WEIGHT and kernels.spare_core()
+        kernels._HELPERS.run(work, n_block, 8 * kernels.thread_count() if shared else 1)
+        return out.reshape(*a.shape[:-1], d_out)
 
 
 @numba.njit(cache=True)

@@ -212,19 +212,24 @@ def test_every_step_against_onnxruntime_int8_by_the_verdict_rule(name, quantized
         assert "differ" not in report.our_tokens, report
 
 
+@pytest.mark.parametrize("instruction", ["portable"] + (["vnni"] if quant.INT8_DOT == "vnni" else []))
 @pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
-@pytest.mark.parametrize("n_rows", [1, 3, 8, 17, 600])
-def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows, threaded, monkeypatch):
-    """Serial and threaded kernels, every row-blocking remainder, zero points per tensor and per row, extreme values:
-    against int64 numpy."""
+@pytest.mark.parametrize("n_rows, d_in", [(1, 300), (3, 300), (7, 301), (8, 302), (12, 303), (17, 300), (600, 300)])
+def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows, d_in, threaded, instruction,
+                                                            monkeypatch):
+    """Serial and threaded kernels, both dot-product instructions this CPU has (vpdpbusd and the portable code),
+    every row-blocking remainder (passes of 8, 4, 2, 1 rows), a last block of 8 of 16 outputs, inputs padded to a
+    multiple of 4, zero points per tensor and per row, extreme values: against int64 numpy."""
+    monkeypatch.setattr(quant, "INT8_DOT", instruction)
     monkeypatch.setattr(quant, "PARALLEL_MIN_WEIGHT", 0 if threaded else 1 << 62)
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # threads shared out even on a busy machine
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
-    weight = rng.integers(info.min, int(info.max) + 1, (600, 300)).astype(weight_type)
+    weight = rng.integers(info.min, int(info.max) + 1, (600, d_in)).astype(weight_type)
     weight[0] = info.max
     weight[1] = info.min
-    a = rng.integers(0, 256, (n_rows, 300)).astype(np.uint8)
+    a = rng.integers(0, 256, (n_rows, d_in)).astype(np.uint8)
     a[0] = 255
     for zero in (weight_type(0), weight_type(7) if weight_type == np.uint8 else weight_type(-3),
                  rng.integers(0, 100, 600).astype(weight_type)):
