@@ -1,19 +1,20 @@
 """numba kernels and the thread policy: `attention.attend` with the same signature and math, the few-row linear
-of a decode step, and BLAS products shared between threads.
+of a decode step, the many-row linear of the encoder, and the sharing of both between threads.
 
 The loops are the shape llama2.c gives them: for each (batch, head, query), scores over the keys,
 a safe softmax, and the weighted sum of values. The bias is broadcast (zero strides, no copy).
 fastmath leaves out nnan/ninf so the finite MASKED value keeps its meaning.
 """
-import contextlib
-import ctypes
-import glob
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
@@ -74,16 +75,15 @@ def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head,
 
 
 # ---------------------------------------------------------------------------------------------- threads
-# The thread policy: minitransformer owns its threads. BLAS runs on one thread inside our calls (OpenBLAS's own
-# threads hand work over per call and spin while they wait; on a loaded machine a descheduled one stalls the
-# call: measured 12x slower encoder at 2 threads than at 1, load average 8 on 2 cores), and numba kernels are
-# serial (parallel=True would start a second pool fighting BLAS's). Work big enough to share is cut into
-# chunks that the caller and thread_count() - 1 helper threads claim one at a time: a helper the OS does not
-# schedule costs nothing but the chunk it holds, since the caller computes the rest. A memory-bound matvec
-# is shared only while the machine has a spare core: its chunks (~0.3 ms) do not pay for waking a helper on a
-# busy one (measured at load average 9 on 2 cores: decode step 35 ms on one thread, 38 ms sharing the
-# lm_head), while the encoder's BLAS chunks do (110 ms shared, 136 ms on one thread). On a quiet machine
-# BLAS's own threads run the encoder's products in one call each (see gemm).
+# The thread policy: minitransformer owns its threads. Its float32 products are numba kernels (the few-row
+# matvec, the many-row gemm, attention), each serial and nogil; BLAS is not on that path (OpenBLAS's own threads
+# hand work over per call and spin while they wait: on a loaded machine a descheduled one stalled the encoder 12x,
+# load average 8 on 2 cores), and numba's parallel=True would start a second pool. Work big enough to share is
+# cut into chunks that the caller and thread_count() - 1 helper threads claim one at a time: a helper the OS does
+# not schedule costs nothing but the chunk it holds, since the caller computes the rest. Work is shared only
+# while the machine has a spare core: on a busy one the hand-off costs more than the second core brings
+# (measured at load average 9 on 2 cores: decode step 35 ms on one thread, 38 ms sharing the lm_head; at load 5:
+# encoder 21.8 ms on one thread, 26.7 ms sharing its products).
 
 def thread_count():
     """MINITRANSFORMER_THREADS, else the cores this process may run on."""
@@ -107,7 +107,7 @@ class _Helpers:
 
     def run(self, work, n_items, n_chunks):
         """work(start, stop) over [0, n_items) cut into n_chunks, by the caller and the helpers. The work must
-        release the GIL (numba nogil kernels, BLAS) to run in parallel."""
+        release the GIL (numba nogil kernels) to run in parallel."""
         n_helpers = min(thread_count(), n_chunks) - 1 if n_chunks > 1 else 0
         if n_helpers <= 0:
             work(0, n_items)
@@ -116,13 +116,12 @@ class _Helpers:
             if self.pool is not None:
                 self.pool.shutdown()
             self.pool, self.size = ThreadPoolExecutor(n_helpers, thread_name_prefix="minitransformer"), n_helpers
-        bounds = np.linspace(0, n_items, n_chunks + 1).astype(np.int64)
         claim = itertools.count().__next__  # atomic under the GIL: each chunk is claimed once
 
         def claim_and_work():
             chunk = claim()
             while chunk < n_chunks:
-                work(bounds[chunk], bounds[chunk + 1])
+                work(n_items * chunk // n_chunks, n_items * (chunk + 1) // n_chunks)
                 chunk = claim()
 
         helpers = [self.pool.submit(claim_and_work) for _ in range(n_helpers)]
@@ -134,41 +133,12 @@ class _Helpers:
 _HELPERS = _Helpers()
 
 
-class _BlasThreads:
-    """numpy's bundled OpenBLAS thread count, through its C API (None when numpy uses another BLAS)."""
-
-    def __init__(self):
-        self.get = self.set = None
-        for path in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*.so*")):
-            lib = ctypes.CDLL(path)
-            for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
-                                   ("openblas_", "")):
-                if hasattr(lib, f"{prefix}set_num_threads{suffix}"):
-                    self.get = getattr(lib, f"{prefix}get_num_threads{suffix}")
-                    self.set = getattr(lib, f"{prefix}set_num_threads{suffix}")
-                    return
-
-    @contextlib.contextmanager
-    def one(self):
-        """BLAS on the calling thread only, for the duration; the caller's setting is restored after."""
-        previous = self.get() if self.get else 1
-        if previous != 1:
-            self.set(1)
-        try:
-            yield
-        finally:
-            if previous != 1:
-                self.set(previous)
-
-
-_BLAS = _BlasThreads()
-
-
 # ---------------------------------------------------------------------------------------------- linear
 
 MATVEC_MAX_ROWS = 8            # up to this many rows (a decode step, its beams) a linear streams its weight once
 SHARE_MIN_BYTES = 16 * 2 ** 20  # a matvec over a weight this large (an lm_head) is shared between threads
-GEMM_CHUNK = 256               # output features per chunk of a shared BLAS product
+GEMM_CHUNK = 256               # output features per chunk of a shared product
+GEMM_ROW_BLOCK = 64            # rows per pass over the weight in a product: 64 rows of inputs stay in cache
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -212,24 +182,95 @@ def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bia
     return out
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """A hint that the cache line holding array.flat[index] (C order) will be read soon: llvm.prefetch (read,
+    kept in every cache level). Reads nothing and cannot fault."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        signature_ir = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        hint = cgutils.get_or_insert_function(builder.module, signature_ir, "llvm.prefetch.p0i8")
+        builder.call(hint, [builder.bitcast(builder.gep(data, [args[1]]), byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(array, types.intp), codegen
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _gemm_tiles(x, weight, bias, out, start, stop):
+    # x [n_rows, d_in], weight [d_out, d_in] C order, bias [d_out] or None -> out[:, start:stop]
+    # Tiles of 4 rows x 4 outputs: 16 dot products summed in registers, so every element loaded (of x or of W)
+    # feeds 4 multiply-adds, where a lone dot product loads 2 elements per multiply-add and waits on the loads.
+    # LLVM vectorizes the loop over d_in (reassoc). Rows are taken GEMM_ROW_BLOCK at a time, so their inputs stay
+    # in cache; the 4 weight rows of a tile come from memory once per block and from cache for its other row
+    # tiles, and each row tile prefetches its share of the next weight tile, so memory is read while the tiles
+    # compute (a weight read from memory took 1.5x as long without). Rows past a multiple of 4 and outputs past
+    # the last whole tile are single dot products. The dtype is the inputs'.
+    n_rows, d_in = x.shape
+    zero = x.dtype.type(0)
+    line = 64 // weight.itemsize  # elements per cache line
+    tiled = start + (stop - start) // 4 * 4
+    for r0 in range(0, n_rows, GEMM_ROW_BLOCK):
+        r1 = min(r0 + GEMM_ROW_BLOCK, n_rows)
+        share = -(-4 * d_in // max(1, (r1 - r0) // 4))  # of the next tile's elements, per row tile
+        for j in range(start, tiled, 4):
+            r = r0
+            while r + 4 <= r1:
+                if j + 8 <= stop:  # the next tile is flat [(j + 4) d_in, (j + 8) d_in)
+                    ahead = (j + 4) * d_in + (r - r0) // 4 * share
+                    for e in range(ahead, min(ahead + share, (j + 8) * d_in), line):
+                        _prefetch(weight, e)
+                t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = zero
+                t20 = t21 = t22 = t23 = t30 = t31 = t32 = t33 = zero
+                for i in range(d_in):
+                    x0, x1, x2, x3 = x[r, i], x[r + 1, i], x[r + 2, i], x[r + 3, i]
+                    w0, w1, w2, w3 = weight[j, i], weight[j + 1, i], weight[j + 2, i], weight[j + 3, i]
+                    t00, t01, t02, t03 = t00 + x0 * w0, t01 + x0 * w1, t02 + x0 * w2, t03 + x0 * w3
+                    t10, t11, t12, t13 = t10 + x1 * w0, t11 + x1 * w1, t12 + x1 * w2, t13 + x1 * w3
+                    t20, t21, t22, t23 = t20 + x2 * w0, t21 + x2 * w1, t22 + x2 * w2, t23 + x2 * w3
+                    t30, t31, t32, t33 = t30 + x3 * w0, t31 + x3 * w1, t32 + x3 * w2, t33 + x3 * w3
+                if bias is not None:
+                    b0, b1, b2, b3 = bias[j], bias[j + 1], bias[j + 2], bias[j + 3]
+                    t00, t01, t02, t03 = t00 + b0, t01 + b1, t02 + b2, t03 + b3
+                    t10, t11, t12, t13 = t10 + b0, t11 + b1, t12 + b2, t13 + b3
+                    t20, t21, t22, t23 = t20 + b0, t21 + b1, t22 + b2, t23 + b3
+                    t30, t31, t32, t33 = t30 + b0, t31 + b1, t32 + b2, t33 + b3
+                out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = t00, t01, t02, t03
+                out[r + 1, j], out[r + 1, j + 1], out[r + 1, j + 2], out[r + 1, j + 3] = t10, t11, t12, t13
+                out[r + 2, j], out[r + 2, j + 1], out[r + 2, j + 2], out[r + 2, j + 3] = t20, t21, t22, t23
+                out[r + 3, j], out[r + 3, j + 1], out[r + 3, j + 2], out[r + 3, j + 3] = t30, t31, t32, t33
+                r += 4
+            for r in range(r, r1):
+                _dots(x, weight, bias, out, r, j, j + 4)
+        for r in range(r0, r1):
+            _dots(x, weight, bias, out, r, tiled, stop)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
+def _dots(x, weight, bias, out, r, start, stop):  # out[r, start:stop] = x[r] W[start:stop]ᵀ (+ b), one at a time
+    zero = x.dtype.type(0)
+    for j in range(start, stop):
+        total = zero
+        for i in range(x.shape[1]):
+            total += x[r, i] * weight[j, i]
+        out[r, j] = total if bias is None else total + bias[j]
+
+
 def gemm(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
-    """x Wᵀ + b for many rows through BLAS. On a quiet machine one call on BLAS's own threads (2x faster there
-    than our chunks: encoder 25 vs 51 ms, load average 0.3); else, and when MINITRANSFORMER_THREADS is set,
-    one BLAS thread per chunk of output features, the chunks claimed by the caller and the helpers."""
-    if not os.environ.get("MINITRANSFORMER_THREADS") and spare_core():
-        out = x @ weight.T
-        if bias is not None:
-            out += bias
-        return out
-    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
+    """x Wᵀ + b for many rows (the encoder, teacher forcing) in register tiles (_gemm_tiles: about 1.7x
+    OpenBLAS's sgemm on the encoder's 32-row products here), W in HF's [d_out, d_in] layout as it is stored.
+    While a core is spare, chunks of GEMM_CHUNK output features are claimed by the caller and the helpers."""
+    x = np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    d_out = weight.shape[0]
+    out = np.empty((x.shape[0], d_out), dtype=np.result_type(x, weight))
+    n_tiles = -(-d_out // 4)  # chunks hold whole tiles of 4 outputs
 
-    def work(start, stop):  # out[:, start:stop] = x W[start:stop]ᵀ (+ b): BLAS releases the GIL
-        np.matmul(x, weight[start:stop].T, out=out[:, start:stop])
-        if bias is not None:
-            out[:, start:stop] += bias[start:stop]
+    def work(start, stop):  # tiles [start, stop) -> out[:, 4 start : 4 stop]
+        _gemm_tiles(x, weight, bias, out, 4 * start, min(4 * stop, d_out))
 
-    with _BLAS.one():
-        _HELPERS.run(work, weight.shape[0], max(1, weight.shape[0] // GEMM_CHUNK))
+    _HELPERS.run(work, n_tiles, max(1, d_out // GEMM_CHUNK) if spare_core() else 1)
     return out
 
 

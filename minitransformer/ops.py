@@ -14,7 +14,8 @@ from .quant import QuantizedWeight
 
 def linear(x, weight, bias=None):  # [..., d_in] -> [..., d_out]; weight [d_out, d_in] as HF stores it
     """x Wᵀ + b. A float weight: a few rows (a decode step, its beams) go to the numba matvec, which streams each
-    weight row once (a decode step is memory-bound), more rows (the encoder, teacher forcing) to BLAS. In an int8
+    weight row once (a decode step is memory-bound), more rows (the encoder, teacher forcing) to the numba gemm,
+    which holds tiles of 4 rows x 4 outputs in registers (compute-bound). In an int8
     model the weight is a QuantizedWeight, applied exactly as the quantized graph does."""
     if isinstance(weight, QuantizedWeight):
         y = weight.matmul(x)

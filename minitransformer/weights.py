@@ -173,7 +173,7 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc1_up", "fc
 
 def compute_layout(tensors):
     """Validated tensors -> the values the math reads. Float weights stay as they are, in HF's [d_out, d_in]
-    layout, which the few-row matvec streams row by row and BLAS reads transposed (no copy).
+    layout, which the few-row matvec streams row by row and the gemm reads in tiles of 4 rows (no copy).
 
     In an int8 model a quantized linear weight becomes a `QuantizedWeight` (also [d_out, d_in]), and a quantized
     table (embeddings, positions, T5's relative bias) is dequantized once here: DequantizeLinear after a Gather
