@@ -232,15 +232,24 @@ def cmd_verify(args):
         return 0 if result["ok"] else 1
     print(f"deviations are rms distances from the float64 evaluation; threshold = {factor:g} x ours "
           f"(at least {factor:g} x 2^-24 x rms of the values); margin = threshold / ONNX Runtime's deviation")
+    quantized = bool(comparison.encoder_quantizers)
+    if quantized:
+        print("int8: our engines take ONNX Runtime's rounding decisions, and every quantizer input is judged (floor "
+              "6 x 2^-24 x rms); flips = elements ONNX Runtime rounded to another integer than float64 did")
     print(f"encoder last_hidden_state: {_judged(comparison.encoder)}")
+    if quantized:
+        print(f"encoder quantizer inputs: {len(comparison.encoder_quantizers)}, least margin "
+              f"{min(j.margin for j in comparison.encoder_quantizers):.3g}, flips {comparison.encoder_followed}")
+    quantizer_head = f"  {'quant':>7} {'flips':>5}" if quantized else ""
     print(f"{'layout':8} {'step':>4}  {'logits: ORT':>11} {'ours':>8} {'thresh':>8} {'margin':>7}  "
-          f"{'worst present':24} {'ORT':>8} {'ours':>8} {'thresh':>8} {'margin':>7}  tokens")
+          f"{'worst present':24} {'ORT':>8} {'ours':>8} {'thresh':>8} {'margin':>7}{quantizer_head}  tokens")
     for r in comparison.steps:
         lg, pr = r.logits, r.worst_present
         flag = "" if r.ok else "  <-- fails the rule"
+        quantizer_columns = (f"  {min(j.margin for j in r.quantizers):7.3g} {r.followed:5d}" if quantized else "")
         print(f"{r.layout:8} {r.step:4d}  {lg.deviation:11.2g} {lg.yardstick:8.2g} {lg.threshold:8.2g} "
               f"{lg.margin:7.3g}  {pr.name:24} {pr.deviation:8.2g} {pr.yardstick:8.2g} {pr.threshold:8.2g} "
-              f"{pr.margin:7.3g}  {_tokens(r.tokens)}{flag}")
+              f"{pr.margin:7.3g}{quantizer_columns}  {_tokens(r.tokens)}{flag}")
     layout, step, worst = comparison.worst()
     where = "" if layout is None else f" ({layout}, step {step})"
     ties = f", {result['near_ties']} near-tie(s)" if result["near_ties"] else ""
@@ -254,8 +263,10 @@ def cmd_verify(args):
 
 def _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, factor):
     """When the verdict fails, or with --localize: {"lines": report lines, "json": {"first_divergence": ...}}."""
-    if comparison.ok and not args.localize or model.quantized:
+    if comparison.ok and not args.localize:
         return {}
+    if model.quantized:
+        return _quantizer_localization(comparison)
     from .localize import first_divergence, has_scopes, lint_causes, localize, report_lines, weight_differences
     if not has_scopes(onnx_dir):
         return {"lines": [f"localization: {onnx_dir}'s node names carry no module scopes (not an optimum export?); "
@@ -266,6 +277,20 @@ def _localization(model, args, onnx_dir, input_ids, attention_mask, comparison, 
     lines = ["localization: each graph file on its own (the same encoder output, tokens and cache fed to each); "
              "the first module whose output fails the rule:"] + report_lines(divergences, causes)
     return {"lines": lines, "json": {"first_divergence": first_divergence(divergences)}}
+
+
+def _quantizer_localization(comparison):
+    """An int8 export is localized by its quantizer inputs, judged in execution order by the verdict pass."""
+    judged = comparison.quantizer_judgements()
+    failing = [(layout, step, j) for layout, step, j in judged if not j.ok]
+    lines = ["localization: the quantizer inputs in execution order, each judged by the rule; the first outside it:"]
+    if not failing:
+        return {"lines": lines + [f"none: all {len(judged)} are within the rule"], "json": {"first_divergence": None}}
+    layout, step, first = failing[0]
+    where = "encoder" if layout is None else f"{layout}, step {step}"
+    lines.append(f"{first.name.removeprefix('quantizer input ')} ({where}) diverges ({_judged(first)}); everything "
+                 f"before it agrees")
+    return {"lines": lines, "json": {"first_divergence": {"layout": layout, "step": step, **first.as_dict()}}}
 
 
 def _write_report(path, model, args, onnx_dir, comparison, result, localization_lines):

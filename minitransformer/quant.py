@@ -10,6 +10,7 @@ read through Gather then DequantizeLinear, (q - zero) * scale, which commutes wi
 `QuantizedWeight` is the value a linear slot holds in an int8 model; `ops.linear` applies it.
 """
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
@@ -21,6 +22,20 @@ from numba.extending import intrinsic
 
 from . import kernels
 
+_follower = None  # while `following(f)` runs, every quantization's result is f.quantize's (rounding.py)
+
+
+@contextmanager
+def following(follower):
+    """Hand every dynamic_quantize result to `follower.quantize(x, q, scale, zero)` and use what it returns:
+    `verify` on an int8 export feeds ONNX Runtime's rounding decisions to our engines (rounding.py)."""
+    global _follower
+    previous, _follower = _follower, follower
+    try:
+        yield follower
+    finally:
+        _follower = previous
+
 
 def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point)
     """DynamicQuantizeLinear (ONNX): the range [min, max] widened to include 0, scale = (max - min) / 255,
@@ -31,12 +46,14 @@ def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point
         x = np.ascontiguousarray(x, dtype=np.float32)
         q = np.empty(x.shape, dtype=np.uint8)
         scale, zero_point = _dynamic_quantize_f32(x.reshape(-1), q.reshape(-1))
-        return q, np.float32(scale), np.uint8(zero_point)
-    low, high = min(x.min(), 0.0), max(x.max(), 0.0)
-    scale = 1.0 if high == low else (high - low) / 255.0
-    zero_point = np.rint(np.clip(0.0 - low / scale, 0.0, 255.0))
-    q = np.clip(np.rint(x / scale) + zero_point, 0.0, 255.0)
-    return q.astype(np.uint8), np.float64(scale), np.uint8(zero_point)
+        scale, zero_point = np.float32(scale), np.uint8(zero_point)
+    else:
+        low, high = min(x.min(), 0.0), max(x.max(), 0.0)
+        scale = 1.0 if high == low else (high - low) / 255.0
+        zero_point = np.rint(np.clip(0.0 - low / scale, 0.0, 255.0))
+        q = np.clip(np.rint(x / scale) + zero_point, 0.0, 255.0).astype(np.uint8)
+        scale, zero_point = np.float64(scale), np.uint8(zero_point)
+    return (q, scale, zero_point) if _follower is None else _follower.quantize(x, q, scale, zero_point)
 
 
 @numba.njit(cache=True)

@@ -34,9 +34,11 @@ def rms(x):  # any array -> float, computed in float64
     return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
 
 
-def threshold(rounding, scale, factor=FACTOR):
-    """factor * max(rounding, UNIT_ROUNDOFF * scale): the rounding measured, never below storing the values."""
-    return factor * max(rounding, UNIT_ROUNDOFF * scale)
+def threshold(rounding, scale, factor=FACTOR, roundings=1):
+    """factor * max(rounding, roundings * UNIT_ROUNDOFF * scale): the rounding measured, never below storing the
+    values (`roundings` > 1: a value whose every element shares that many roundings, such as a dequantized
+    product's scale, which one evaluation may happen to get almost exact)."""
+    return factor * max(rounding, roundings * UNIT_ROUNDOFF * scale)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Judgement:
     threshold: float   # factor * max(yardstick, UNIT_ROUNDOFF * scale)
     scale: float       # rms of the float64 values themselves
     factor: float = FACTOR
+    roundings: int = 1  # the floor: roundings * UNIT_ROUNDOFF * scale
 
     @property
     def margin(self):  # threshold / deviation: >= 1 passes, >= 10 is the calibrated safety
@@ -59,8 +62,9 @@ class Judgement:
 
     def swapped(self):
         """Our engine judged with the candidate as the yardstick: is ours within the rounding the other one has?"""
-        return Judgement(self.name, self.yardstick, self.deviation, threshold(self.deviation, self.scale, self.factor),
-                         self.scale, self.factor)
+        return Judgement(self.name, self.yardstick, self.deviation,
+                         threshold(self.deviation, self.scale, self.factor, self.roundings), self.scale, self.factor,
+                         self.roundings)
 
     def as_dict(self):  # for JSON, which has no infinity: an infinite figure (a shape mismatch) becomes None
         figures = {**asdict(self), "margin": self.margin}
@@ -68,15 +72,15 @@ class Judgement:
                 "name": self.name, "ok": self.ok}
 
 
-def judge(name, candidate, exact, yardstick, factor=FACTOR):
+def judge(name, candidate, exact, yardstick, factor=FACTOR, roundings=1):
     """Judge `candidate` (float32) against `exact` (float64), with `yardstick` (another float32 computation of the
     same values) measuring the rounding. Arrays of different shapes are infinitely far apart."""
     exact = np.asarray(exact, dtype=np.float64)
     if np.shape(candidate) != exact.shape or np.shape(yardstick) != exact.shape:
-        return Judgement(name, float("inf"), float("inf"), 0.0, float("nan"), factor)
+        return Judgement(name, float("inf"), float("inf"), 0.0, float("nan"), factor, roundings)
     rounding, scale = rms(np.asarray(yardstick, np.float64) - exact), rms(exact)
     return Judgement(name, rms(np.asarray(candidate, np.float64) - exact), rounding,
-                     threshold(rounding, scale, factor), scale, factor)
+                     threshold(rounding, scale, factor, roundings), scale, factor, roundings)
 
 
 def token_verdict(chosen, exact_logits, band):

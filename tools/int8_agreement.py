@@ -1,5 +1,9 @@
 """The README's int8 table: each quantized fixture against ONNX Runtime running the same quantized graphs (by the
-verdict rule, with the int8 model's float64 evaluation as arbiter), and against its fp32 parent.
+verdict rule, with the int8 model's float64 evaluation as arbiter, ONNX Runtime's rounding decisions taken and
+judged: rounding.py), and against its fp32 parent.
+
+Free-running against ONNX Runtime int8: our engine decoding on its own roundings, fed ONNX Runtime's tokens; max
+|Δlogits| shows what a rounding flip does when nothing is shared.
 
 Against the parent, both decoded teacher-forced on the parent's own greedy tokens (PyTorch's generate(), recorded):
 max |Δlogits| over every step and row, and how many rows' greedy decodes (ours, int8, 40 new tokens) equal the
@@ -35,7 +39,8 @@ def parent_agreement(model, parent, recorded):
 
 
 def ort_delta(model, onnx_dir, ids, mask, n_steps=40):
-    """max |our int8 logits - ONNX Runtime's int8 logits| over the split loop, both fed ONNX Runtime's tokens."""
+    """max |our int8 logits - ONNX Runtime's int8 logits| over the split loop, both fed ONNX Runtime's tokens, each
+    rounding on its own."""
     reference = OnnxReference(onnx_dir, quantized=True)
     loop = reference.decoder("split", reference.encode(ids, mask), mask)
     state = model.start(model.encode(ids, mask), mask, n_steps)
@@ -50,9 +55,10 @@ def ort_delta(model, onnx_dir, ids, mask, n_steps=40):
 
 def main(names):
     names = names or sorted(p.name for p in FIXTURES.iterdir() if (p / "encoder_model_quantized.onnx").exists())
-    print("| fixture | recipe | ORT int8: steps within the rule | worst margin | max abs Δlogits vs ORT int8 "
-          "| max abs Δlogits vs fp32 parent | argmax agrees with the parent | greedy rows equal to the parent's |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| fixture | recipe | ORT int8: steps within the rule | least margin: outputs | least margin: quantizer "
+          "inputs | flips taken | free-running max abs Δlogits vs ORT int8 | max abs Δlogits vs fp32 parent "
+          "| argmax agrees with the parent | greedy rows equal to the parent's |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         recipe = json.loads((FIXTURES / name / "quantized_from.json").read_text())
         parent_dir = FIXTURES / recipe["parent"]
@@ -63,12 +69,15 @@ def main(names):
                    if (FIXTURES / name / graph).exists()]
         comparison = compare(model, str(FIXTURES / name), recorded["input_ids"], recorded["attention_mask"], 40, layouts)
         within = sum(r.ok for r in comparison.steps)
-        worst = comparison.worst()[2]
+        quantizer_inputs = [j for _, _, j in comparison.quantizer_judgements()]
+        outputs = [j for _, _, j in comparison.judgements() if not j.name.startswith("quantizer input")]
+        flips = comparison.encoder_followed + sum(r.followed for r in comparison.steps)
         to_ort = ort_delta(model, str(FIXTURES / name), recorded["input_ids"], recorded["attention_mask"])
         delta, agree, tokens, same, rows = parent_agreement(model, parent, recorded)
         kind = f"{recipe['tool']}, {'per channel' if recipe['per_channel'] else 'per tensor'}, {recipe['weight_type']}"
-        print(f"| `{name}` | {kind} | {within}/{len(comparison.steps)} | {worst.margin:.3g} | {to_ort:.2g} "
-              f"| {delta:.2g} | {agree}/{tokens} | {same}/{rows} |")
+        print(f"| `{name}` | {kind} | {within}/{len(comparison.steps)} | {min(j.margin for j in outputs):.3g} "
+              f"| {min(j.margin for j in quantizer_inputs):.3g} | {flips} | {to_ort:.2g} | {delta:.2g} "
+              f"| {agree}/{tokens} | {same}/{rows} |", flush=True)
 
 
 if __name__ == "__main__":
