@@ -45,9 +45,9 @@ _PARTS = (("x", TensorProto.FLOAT), ("q", TensorProto.UINT8), ("scale", TensorPr
 @dataclass
 class OrtQuantizer:
     """One DynamicQuantizeLinear as ONNX Runtime ran it: its float input and its outputs."""
-    name: str         # the input's tensor name, e.g. /model/decoder/layers.2/final_layer_norm/..._output_0
-    x: np.ndarray     # float32 [...]
-    q: np.ndarray     # uint8 [...]
+    name: str          # the input's tensor name, e.g. /model/decoder/layers.2/final_layer_norm/..._output_0
+    x: np.ndarray      # float32 [...]
+    q: np.ndarray      # uint8 [...]
     scale: np.ndarray  # float32 []
     zero: np.ndarray   # uint8 []
 
@@ -156,8 +156,8 @@ def judge_quantizers(quantizers, exact, ours, factor):
         name = f"quantizer input {theirs.name}"
         q, scale, zero = dynamic_quantize(theirs.x)
         if q.tobytes() != theirs.q.tobytes() or scale != theirs.scale or zero != theirs.zero:
-            judgements.append(Judgement(f"{name}: ONNX Runtime's integers are not DynamicQuantizeLinear of its "
-                                        f"input", float("inf"), float("nan"), 0.0, rms(x_exact), factor, SCALE_ROUNDINGS))
+            judgements.append(Judgement(f"{name}: ONNX Runtime's integers are not DynamicQuantizeLinear of its input",
+                                        float("inf"), float("nan"), 0.0, rms(x_exact), factor, SCALE_ROUNDINGS))
             continue
         judgements.append(judge(name, theirs.x.reshape(x_exact.shape), x_exact, our_inputs.get(index, np.empty(0)),
                                 factor, SCALE_ROUNDINGS))

@@ -142,9 +142,10 @@ def compare(model, onnx_dir, input_ids, attention_mask, n_steps, layouts=("split
 
 
 def summary(comparison):
-    """A dict for --json: the verdict, the worst output, the encoder and every step's judgements."""
+    """A dict for --json: the verdict, the worst output, the encoder and every step's judgements (int8: and a
+    summary of its quantizer inputs)."""
     layout, step, worst = comparison.worst()
-    return {
+    result = {
         "ok": comparison.ok,
         "rule": {"factor": comparison.encoder.factor,
                  "threshold": "factor * max(rms(ours - float64), 2**-24 * rms(float64))"},
@@ -153,15 +154,15 @@ def summary(comparison):
         "near_ties": sum(r.tokens.count("near-tie") for r in comparison.steps),
         "tokens_differ": sum(r.tokens.count("differ") for r in comparison.steps),
         "steps": [{"layout": r.layout, "step": r.step, "ok": r.ok, "tokens": r.tokens, "our_tokens": r.our_tokens,
-                   "outputs": [j.as_dict() for j in r.outputs], **_quantizers(r.quantizers, r.followed)}
-                  for r in comparison.steps],
-        **({"encoder_quantizers": _quantizers(comparison.encoder_quantizers, comparison.encoder_followed)}
-           if comparison.encoder_quantizers else {}),
+                   "outputs": [j.as_dict() for j in r.outputs]} for r in comparison.steps],
     }
+    if comparison.encoder_quantizers:
+        result["encoder_quantizers"] = _quantizers(comparison.encoder_quantizers, comparison.encoder_followed)
+        for entry, report in zip(result["steps"], comparison.steps):
+            entry["quantizers"] = _quantizers(report.quantizers, report.followed)
+    return result
 
 
 def _quantizers(judgements, followed):  # int8: how many quantizer inputs were judged, the worst, the flips taken
-    if not judgements:
-        return {}
-    return {"quantizers": {"judged": len(judgements), "failing": sum(not j.ok for j in judgements),
-                           "worst": min(judgements, key=lambda j: j.margin).as_dict(), "flips": followed}}
+    return {"judged": len(judgements), "failing": sum(not j.ok for j in judgements),
+            "worst": min(judgements, key=lambda j: j.margin).as_dict(), "flips": followed}

@@ -271,6 +271,14 @@ def test_verify_names_the_first_quantizer_input_outside_the_rule(fixture_copy, c
     (line,) = [l for l in out.splitlines() if "diverges" in l]
     assert line.startswith("/model/decoder/layers.3/final_layer_norm/LayerNormalization_output_0 (split, step 1)")
     assert line in report.read_text()
+    assert main(["verify", str(FIXTURES / name), "--onnx", str(target), "--steps", "3", "--layout", "split",
+                 "--json"]) == 1
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    first = result["first_divergence"]
+    assert (first["step"], first["ok"]) == (1, False) and "layers.3/final_layer_norm" in first["name"]
+    steps = result["results"]
+    assert [s["quantizers"]["failing"] > 0 for s in steps] == [False, True, True]
+    assert all(s["quantizers"]["judged"] > 0 for s in steps) and result["encoder_quantizers"]["failing"] == 0
     assert main(["verify", str(FIXTURES / name), "--steps", "2", "--localize"]) == 0
     assert "none: all" in capsys.readouterr().out
 
