@@ -303,24 +303,35 @@ def layer_norm(x, weight, bias, eps):  # [..., d] -> [..., d]
 # ---------------------------------------------------------------------------------------------- layout
 
 @numba.njit(cache=True, nogil=True)
-def _transpose_into(a, out):  # a [n, m] C order -> out [m, n] C order, in tiles that stay in cache
+def _transpose_into(a, out):  # a [n, m] C order -> out [m, n] C order
+    # bands of 8 rows of `a`: each output row gets 8 consecutive elements, and the band's 8 input rows stream
+    # along their length: 2x faster than 64 x 64 tiles on an export's linear weights (power-of-two strides)
     n, m = a.shape
-    tile = 64
-    for i0 in range(0, n, tile):
-        for j0 in range(0, m, tile):
-            for j in range(j0, min(j0 + tile, m)):
-                for i in range(i0, min(i0 + tile, n)):
-                    out[j, i] = a[i, j]
+    band = 8
+    for i0 in range(0, n, band):
+        i1 = min(i0 + band, n)
+        for j in range(m):
+            for i in range(i0, i1):
+                out[j, i] = a[i, j]
+
+
+EQUAL_BLOCK = 16384  # elements OR-ed together before each early exit
 
 
 @numba.njit(cache=True, nogil=True)
-def _equal_flat(a, b):  # a, b [n] -> all equal? Differences OR-ed per block of 64 Ki, so the loop vectorizes
-    block = 65536
-    for start in range(0, a.shape[0], block):
+def _equal_flat(a, b):  # a, b [n] -> all equal?
+    # differences OR-ed over blocks of a fixed length, so LLVM vectorizes the loop (4x faster than a block whose
+    # end is computed with min()); the remainder after the last whole block is compared element by element
+    n = a.shape[0]
+    whole = n - n % EQUAL_BLOCK
+    for start in range(0, whole, EQUAL_BLOCK):
         diff = a[0] ^ a[0]
-        for i in range(start, min(start + block, a.shape[0])):
-            diff |= a[i] ^ b[i]
+        for i in range(EQUAL_BLOCK):
+            diff |= a[start + i] ^ b[start + i]
         if diff:
+            return False
+    for i in range(whole, n):
+        if a[i] != b[i]:
             return False
     return True
 
@@ -353,7 +364,7 @@ def same_bits(a, b):
 
 
 def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the same values
-    """np.ascontiguousarray (np.array with copy), with a tiled copy for a transposed matrix (an ONNX [in, out]
+    """np.ascontiguousarray (np.array with copy), with a banded copy for a transposed matrix (an ONNX [in, out]
     linear weight read as HF's [out, in]): numpy's strided copy of one is 10x slower."""
     if a.ndim == 2 and a.dtype == dtype and a.T.flags.c_contiguous and not a.flags.c_contiguous:
         out = np.empty(a.shape, dtype=dtype)

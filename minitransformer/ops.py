@@ -3,6 +3,7 @@
 The arrays' dtype decides the arithmetic (float32 normally, float64 for the arbiter); constants are float32
 values, as the exported graphs hold them, so a float64 pass evaluates the same function more exactly.
 """
+import functools
 import math
 
 import numba
@@ -47,9 +48,17 @@ def relu(x):
     return np.maximum(x, np.float32(0.0))
 
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-def gelu(x):  # exact gelu, 0.5 x (1 + erf(x / sqrt 2)); numpy has no erf, so numba supplies it (in float64)
+def _gelu_scalar(x):  # exact gelu, 0.5 x (1 + erf(x / sqrt 2)); numpy has no erf, so numba supplies it (in float64)
     return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+@functools.cache
+def _gelu_ufunc():  # built (or read from numba's cache) when a gelu model first needs it, not at import
+    return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_gelu_scalar)
+
+
+def gelu(x):  # [...] -> [...], x's dtype (float32 or float64)
+    return _gelu_ufunc()(x)
 
 
 def gelu_tanh(x):  # "gelu_new": the tanh approximation, as HF NewGELUActivation (T5 gated-gelu)

@@ -87,11 +87,13 @@ def quantized_base(name):
 
 
 def same_tensor(tensors, name, other):
-    """Same values (and, for a quantized tensor, the same scale and zero point)?"""
+    """Same values (and, for a quantized tensor, the same scale and zero point)? One array is equal to itself
+    (tied names extracted from an export share one array): not compared again."""
     return all((name + part in tensors) == (other + part in tensors) and (
-        name + part not in tensors or (tensors[name + part].dtype == tensors[other + part].dtype
-                                       and tensors[name + part].shape == tensors[other + part].shape
-                                       and np.array_equal(tensors[name + part], tensors[other + part])))
+        name + part not in tensors or tensors[name + part] is tensors[other + part]
+        or (tensors[name + part].dtype == tensors[other + part].dtype
+            and tensors[name + part].shape == tensors[other + part].shape
+            and np.array_equal(tensors[name + part], tensors[other + part])))
                for part in ("",) + QUANTIZED_PARTS)
 
 

@@ -143,3 +143,23 @@ def test_c_order_lays_out_a_transposed_view_of_any_dtype(dtype):
     np.testing.assert_array_equal(laid_out, stored.T)
     copied = kernels.c_order(stored, dtype, copy=True)
     assert not np.shares_memory(copied, stored) and kernels.same_bits(copied, stored)
+
+
+def test_same_bits_sees_one_difference_anywhere_in_long_arrays():
+    """Past one block of _equal_flat: a single changed element is found in the first and the last whole block,
+    at their edges and in the remainder; in two memory orders, in every row of a matrix of partial tiles."""
+    n = 2 * kernels.EQUAL_BLOCK + 5
+    a = np.random.default_rng(7).standard_normal(n, dtype=np.float32)
+    for index in (0, kernels.EQUAL_BLOCK - 1, kernels.EQUAL_BLOCK, 2 * kernels.EQUAL_BLOCK - 1,
+                  2 * kernels.EQUAL_BLOCK, n - 1):
+        changed = a.copy()
+        changed[index] = np.nextafter(changed[index], np.float32(np.inf))
+        assert kernels.same_bits(a, a.copy()) and not kernels.same_bits(a, changed), index
+    matrix = np.random.default_rng(8).standard_normal((19, 37), dtype=np.float32)
+    transposed = np.ascontiguousarray(matrix.T).T                                   # F order
+    assert kernels.same_bits(matrix, transposed) and kernels.same_bits(transposed, matrix)
+    for row in range(19):
+        for column in (0, 36):
+            changed = transposed.copy(order="F")
+            changed[row, column] = np.nextafter(changed[row, column], np.float32(np.inf))
+            assert not kernels.same_bits(matrix, changed) and not kernels.same_bits(changed, matrix), (row, column)
