@@ -19,8 +19,7 @@ def linear(x, weight, bias=None):  # [..., d_in] -> [..., d_out]; weight [d_out,
     which holds tiles of 4 rows x 4 outputs in registers (compute-bound). In an int8
     model the weight is a QuantizedWeight, applied exactly as the quantized graph does."""
     if isinstance(weight, QuantizedWeight):
-        y = weight.matmul(x)
-        return y if bias is None else y + bias
+        return weight.matmul(x, bias)
     rows = x.reshape(-1, x.shape[-1])                                   # [n_rows, d_in]
     product = kernels.matvec if rows.shape[0] <= kernels.MATVEC_MAX_ROWS else kernels.gemm
     return product(rows, weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))  # [..., d_out]

@@ -45,7 +45,11 @@ def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point
     if x.dtype != np.float64:
         x = np.ascontiguousarray(x, dtype=np.float32)
         q = np.empty(x.shape, dtype=np.uint8)
-        scale, zero_point = _dynamic_quantize_f32(x.reshape(-1), q.reshape(-1))
+        if x.size >= NUMPY_RANGE_MIN:  # numpy's min and max are vectorized, numba's loop is not (4x at 64 Ki)
+            low, high = min(x.min(), np.float32(0.0)), max(x.max(), np.float32(0.0))
+        else:
+            low, high = _range_f32(x.reshape(-1))
+        scale, zero_point = _quantize_f32(x.reshape(-1), low, high, q.reshape(-1))
         scale, zero_point = np.float32(scale), np.uint8(zero_point)
     else:
         low, high = min(x.min(), 0.0), max(x.max(), 0.0)
@@ -56,13 +60,22 @@ def dynamic_quantize(x):  # float [...] -> (uint8 [...], scale, uint8 zero point
     return (q, scale, zero_point) if _follower is None else _follower.quantize(x, q, scale, zero_point)
 
 
+NUMPY_RANGE_MIN = 4096  # activations this large get their range from numpy (the same exact min and max)
+
+
 @numba.njit(cache=True)
-def _dynamic_quantize_f32(x, q):  # x float32 [n], q uint8 [n] (written) -> (float32 scale, uint8 zero point)
-    """One pass for the range, one to quantize; float32 throughout, true division (no fastmath), np.rint."""
+def _range_f32(x):  # x float32 [n] -> (min(x, 0), max(x, 0))
     low, high = np.float32(0.0), np.float32(0.0)
     for v in x:
         low = min(low, v)
         high = max(high, v)
+    return low, high
+
+
+@numba.njit(cache=True)
+def _quantize_f32(x, low, high, q):  # x float32 [n], its range -> (float32 scale, uint8 zero point), q uint8 [n]
+    """float32 throughout, true division (no fastmath), np.rint."""
+    low, high = np.float32(low), np.float32(high)  # float32 values that Python may have passed as floats
     scale = np.float32(1.0) if high == low else np.float32((high - low) / np.float32(255.0))
     zero = np.rint(min(max(np.float32(0.0) - low / scale, np.float32(0.0)), np.float32(255.0)))
     for i in range(x.size):
@@ -167,17 +180,23 @@ _dot_block8, _dot_block4, _dot_block2, _dot_block1 = (_make_dot_block(n) for n i
 
 
 @numba.njit(cache=True, nogil=True)
-def _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
-                     block_stop, instruction):
-    # a [n, 4 d_in4] uint8 (zero padded), a_sums [n], packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points,
-    # row_sums [d_out] int32 -> out[:, 16 block_start:16 block_stop] int32 = (a - a_zero)(w - zero_points), the
-    # zero points folded out: sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset
-    # the packed integers (offset 128 for uint8 weights, 0 for int8). Eight rows, then 4, 2, 1 share a block pass.
-    # `instruction` is a string constant of the caller below, so each instruction compiles on its own.
+def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+                     block_start, block_stop, instruction):
+    # a [n, 4 d_in4] uint8 (zero padded), packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points, row_sums [d_out]
+    # int32 -> out[:, 16 block_start:16 block_stop] = (a - a_zero)(w - zero_points), the zero points folded out:
+    # sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset the packed integers (offset
+    # 128 for uint8 weights, 0 for int8). Eight rows, then 4, 2, 1 share a pass over a block of 16 outputs.
+    # out int32 (multipliers and bias None): MatMulInteger. out float: the graph's Cast, Mul by multipliers [d_out]
+    # (x_scale * W_scale) and Add of bias [d_out] (or None), each rounded to out's dtype as the graph's ops round.
+    # `instruction` is a string constant of the callers below, so each instruction compiles on its own.
     n, width = a.shape
     d_out = out.shape[1]
     n_k4 = width // 4
     flat = a.reshape(-1)
+    a_sums = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        for k in range(width):
+            a_sums[i] += a[i, k]
     sums = np.empty(8 * 16, dtype=np.int32)  # [rows of a pass, 16 outputs]
     for block in range(block_start, block_stop):
         at = block * n_k4 * 64
@@ -198,23 +217,30 @@ def _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points
             for j in range(16 * block, min(16 * block + 16, d_out)):
                 fold = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
                 for r in range(rows):
-                    out[i + r, j] = np.int32(sums[16 * r + j - 16 * block] - (zero_points[j] - weight_offset)
-                                             * a_sums[i + r] + fold)
+                    product = np.int32(sums[16 * r + j - 16 * block] - (zero_points[j] - weight_offset) * a_sums[i + r]
+                                       + fold)
+                    if multipliers is None:
+                        out[i + r, j] = product
+                    else:
+                        out[i + r, j] = product                      # Cast (exact rounding to out's dtype)
+                        out[i + r, j] = out[i + r, j] * multipliers[j]
+                        if bias is not None:
+                            out[i + r, j] = out[i + r, j] + bias[j]
             i += rows
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_vnni(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
-                   block_stop):  # compiled only where INT8_DOT is "vnni": other CPUs cannot run vpdpbusd
-    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
-                     block_stop, "vnni")
+def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+                   block_start, block_stop):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+                     block_start, block_stop, "vnni")
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_portable(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
-                       block_stop):
-    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, out, block_start,
-                     block_stop, "portable")
+def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+                       block_start, block_stop):
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+                     block_start, block_stop, "portable")
 
 
 _PRODUCTS = {"vnni": _products_vnni, "portable": _products_portable}
@@ -229,9 +255,10 @@ def _pack(weight):  # int8 or uint8 [d_out, d_in] -> int8 [n_block * d_in4 * 64]
     return np.ascontiguousarray(padded.reshape(n_block, 16, d_in4, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
-# threads only pay on a large weight: handing out chunks costs tens of microseconds, and much more when a helper
-# is descheduled on a busy machine (the many small products of an encoder pass suffer most)
-PARALLEL_MIN_WEIGHT = 1 << 23  # int8 elements: an OPUS-MT-size lm_head (33 M), not its 1 M ffn weights
+# threads only pay on a large product: handing out chunks costs tens of microseconds, and much more when a helper
+# is descheduled on a busy machine, so they are used only while a core is spare (kernels.spare_core)
+PARALLEL_MIN_PRODUCTS = 1 << 23  # multiply-adds: an OPUS-MT-size lm_head (33 M per row) and the encoder's products
+                                 # (32 tokens x 0.26 M or 1 M weights), not a decode step's layers (1 M per row)
 
 
 def matmul_integer(a, a_zero, b_t, b_zero):  # a [..., d_in] uint8, b_t [d_out, d_in] -> int32 [..., d_out]
@@ -271,29 +298,32 @@ class QuantizedWeight:
     def astype(self, dtype):
         return QuantizedWeight(self.weight, self.scale.astype(dtype), self.zero_point)
 
-    def matmul(self, x):  # float [..., d_in] -> [..., d_out]
-        """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale), in the graph's order."""
+    def matmul(self, x, bias=None):  # float [..., d_in] -> [..., d_out]
+        """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale) + bias, in the graph's order."""
         x_q, x_scale, x_zero = dynamic_quantize(x)
-        return self.integer_product(x_q, x_zero).astype(self.dtype) * (x_scale * self.scales)
+        out = np.empty(x.shape[:-1] + self.weight.shape[:1], dtype=self.dtype)
+        self._products(x_q, x_zero, out, x_scale * self.scales, bias)
+        return out
 
     def integer_product(self, a, a_zero):  # a [..., d_in] uint8 -> int32 [..., d_out]: MatMulInteger(a, W)
+        out = np.empty(a.shape[:-1] + self.weight.shape[:1], dtype=np.int32)
+        self._products(a, a_zero, out, None, None)
+        return out
+
+    def _products(self, a, a_zero, out, multipliers, bias):  # a [..., d_in] uint8 -> out [..., d_out] written
         d_out, d_in = self.weight.shape
         rows = a.reshape(-1, d_in)                                          # [n, d_in]
         if d_in % 4:  # the kernel reads four inputs at a time: zero padding adds nothing
             rows = np.concatenate([rows, np.zeros((rows.shape[0], 4 - d_in % 4), dtype=np.uint8)], axis=1)
-        rows = np.ascontiguousarray(rows)                                   # [n, 4 d_in4]
-        a_sums = rows.sum(axis=1, dtype=np.int32)
-        out = np.empty((rows.shape[0], d_out), dtype=np.int32)
+        rows, out_rows = np.ascontiguousarray(rows), out.reshape(-1, d_out)  # [n, 4 d_in4], [n, d_out]
         offset = 128 if self.weight.dtype == np.uint8 else 0
         packed, products = self.packed, _PRODUCTS[INT8_DOT]
 
         def work(start, stop):  # output blocks [start, stop)
-            products(rows, np.int64(a_zero), a_sums, packed, d_in, offset, self.zero_points, self.row_sums, out,
-                     start, stop)
-        n_block = -(-d_out // 16)
-        shared = self.weight.size >= PARALLEL_MIN_WEIGHT and kernels.spare_core()
-        kernels._HELPERS.run(work, n_block, 8 * kernels.thread_count() if shared else 1)
-        return out.reshape(*a.shape[:-1], d_out)
+            products(rows, np.int64(a_zero), packed, d_in, offset, self.zero_points, self.row_sums, multipliers, bias,
+                     out_rows, start, stop)
+        shared = rows.shape[0] * self.weight.size >= PARALLEL_MIN_PRODUCTS and kernels.spare_core()
+        kernels._HELPERS.run(work, -(-d_out // 16), 8 * kernels.thread_count() if shared else 1)
 
 
 @numba.njit(cache=True)

@@ -304,6 +304,27 @@ def test_onnxruntime_integers_that_are_not_its_quantizers_fail():
         assert judgement.ok == ok, judgement
 
 
+@pytest.mark.parametrize("range_in_numpy", [False, True])
+def test_dynamic_quantize_equals_onnxruntime_on_both_range_paths(range_in_numpy, monkeypatch):
+    """DynamicQuantizeLinear with the range from numba's loop and from numpy's min/max (large activations), against
+    ONNX Runtime's node run live: ranges on both sides of 0, one-signed, all zero, values on .5 boundaries."""
+    monkeypatch.setattr(quant, "NUMPY_RANGE_MIN", 0 if range_in_numpy else 1 << 62)
+    graph = helper.make_graph([helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"])], "dql",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("q", TensorProto.UINT8), ("scale", TensorProto.FLOAT), ("zero", TensorProto.UINT8))])
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    cases = [rng.standard_normal((3, 700)), rng.standard_normal((32, 2048)) * 7 + 2, rng.random(513),
+             -rng.random((2, 64)), np.zeros((4, 16)), np.arange(-255, 256) / 2.0]
+    cases += [rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3) + rng.uniform(-2, 2) for n in range(1, 2000, 37)]
+    for x in (c.astype(np.float32) for c in cases):
+        q, scale, zero = dynamic_quantize(x)
+        theirs = session.run(None, {"x": x})
+        assert q.tobytes() == theirs[0].tobytes() and scale.tobytes() == theirs[1].tobytes() and zero == theirs[2]
+
+
 @pytest.mark.parametrize("instruction", ["portable"] + (["vnni"] if quant.INT8_DOT == "vnni" else []))
 @pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
@@ -314,7 +335,7 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows,
     every row-blocking remainder (passes of 8, 4, 2, 1 rows), a last block of 8 of 16 outputs, inputs padded to a
     multiple of 4, zero points per tensor and per row, extreme values: against int64 numpy."""
     monkeypatch.setattr(quant, "INT8_DOT", instruction)
-    monkeypatch.setattr(quant, "PARALLEL_MIN_WEIGHT", 0 if threaded else 1 << 62)
+    monkeypatch.setattr(quant, "PARALLEL_MIN_PRODUCTS", 0 if threaded else 1 << 62)
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # threads shared out even on a busy machine
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
