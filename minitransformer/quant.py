@@ -193,13 +193,20 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
     d_out = out.shape[1]
     n_k4 = width // 4
     flat = a.reshape(-1)
-    a_sums = np.zeros(n, dtype=np.int64)
+    a_sums = np.zeros(n, dtype=np.int32)
     for i in range(n):
         for k in range(width):
             a_sums[i] += a[i, k]
-    sums = np.empty(8 * 16, dtype=np.int32)  # [rows of a pass, 16 outputs]
+    zero_shifts = np.empty(d_out, dtype=np.int32)    # [d_out] zero - offset
+    column_terms = np.empty(d_out, dtype=np.int32)   # [d_out] d_in a_zero zero - a_zero sum w
+    for j in range(d_out):
+        zero_shifts[j] = zero_points[j] - weight_offset
+        column_terms[j] = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
+    sums = np.empty(8 * 16, dtype=np.int32)          # [rows of a pass, 16 outputs]
+    values = np.empty(16, dtype=out.dtype)           # one row of a pass's outputs
     for block in range(block_start, block_stop):
-        at = block * n_k4 * 64
+        at, j0 = block * n_k4 * 64, 16 * block
+        n_j = min(16, d_out - j0)
         i = 0
         while i < n:
             if n - i >= 8:
@@ -214,18 +221,24 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
             else:
                 rows = 1
                 _dot_block1(flat, i * width, width, packed, at, n_k4, sums, instruction)
-            for j in range(16 * block, min(16 * block + 16, d_out)):
-                fold = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
-                for r in range(rows):
-                    product = np.int32(sums[16 * r + j - 16 * block] - (zero_points[j] - weight_offset) * a_sums[i + r]
-                                       + fold)
-                    if multipliers is None:
-                        out[i + r, j] = product
-                    else:
-                        out[i + r, j] = product                      # Cast (exact rounding to out's dtype)
-                        out[i + r, j] = out[i + r, j] * multipliers[j]
-                        if bias is not None:
-                            out[i + r, j] = out[i + r, j] + bias[j]
+            # the fold, the Cast into out's dtype, the Mul and the Add, over slices so that the loops vectorize
+            shifts, terms = zero_shifts[j0:j0 + n_j], column_terms[j0:j0 + n_j]
+            for r in range(rows):
+                row, block_sums, a_sum = out[i + r, j0:j0 + n_j], sums[16 * r:16 * r + n_j], a_sums[i + r]
+                if multipliers is None:
+                    for lane in range(n_j):
+                        row[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
+                    continue
+                for lane in range(n_j):
+                    values[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
+                scales = multipliers[j0:j0 + n_j]
+                if bias is None:
+                    for lane in range(n_j):
+                        row[lane] = values[lane] * scales[lane]
+                else:
+                    biases = bias[j0:j0 + n_j]
+                    for lane in range(n_j):
+                        row[lane] = values[lane] * scales[lane] + biases[lane]
             i += rows
 
 
