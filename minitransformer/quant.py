@@ -123,11 +123,12 @@ def _dot_accumulate(builder, sums, activations, weights, instruction):  # <16 x 
     return builder.add(sums, builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3])))
 
 
-def _make_dot_block(n_rows):
+def _make_dot_block(n_rows, n_blocks):
     @intrinsic
     def dot_block(typingctx, a, a_start, a_stride, packed, block_start, n_k4, sums, instruction):
-        """sums[16 r + l] = sum over k < 4 n_k4 of a[a_start + r a_stride + k] * packed block's output l, input k,
-        for r < n_rows: one pass over the block (16 outputs), each 64-byte load shared by the n_rows rows."""
+        """sums[16 (n_blocks r + b) + l] = sum over k < 4 n_k4 of a[a_start + r a_stride + k] * the weight of output l,
+        input k in the b-th block from block_start, for r < n_rows, b < n_blocks: one pass over n_blocks blocks of 16
+        outputs, each 64-byte weight load shared by the n_rows rows, each broadcast of 4 inputs by the n_blocks."""
         if not isinstance(instruction, types.StringLiteral):
             return None
         signature = types.void(a, a_start, a_stride, packed, block_start, n_k4, sums, instruction)
@@ -138,45 +139,54 @@ def _make_dot_block(n_rows):
             sums_data = context.make_array(sig.args[6])(context, builder, args[6]).data
             a_start, a_stride, block_start, n_k4 = (context.cast(builder, args[i], sig.args[i], types.int64)
                                                     for i in (1, 2, 4, 5))
+            block_bytes = builder.mul(n_k4, ir.Constant(_I64, 64))
             entry = builder.block
             test, body, done = (builder.append_basic_block(name) for name in ("test", "body", "done"))
             builder.branch(test)
             builder.position_at_end(test)
             k4 = builder.phi(_I64)
             k4.add_incoming(ir.Constant(_I64, 0), entry)
-            accumulators = []
-            for _ in range(n_rows):
+            accumulators = []  # [n_rows * n_blocks], row-major
+            for _ in range(n_rows * n_blocks):
                 phi = builder.phi(_LANES)
                 phi.add_incoming(ir.Constant(_LANES, None), entry)
                 accumulators.append(phi)
             builder.cbranch(builder.icmp_signed("<", k4, n_k4), body, done)
             builder.position_at_end(body)
-            weight_at = builder.add(block_start, builder.mul(k4, ir.Constant(_I64, 64)))
-            weights = builder.load(builder.bitcast(builder.gep(packed_data, [weight_at]), _BYTES.as_pointer()), align=1)
+            weights = []
+            for b in range(n_blocks):
+                at = builder.add(builder.add(block_start, builder.mul(block_bytes, ir.Constant(_I64, b))),
+                                 builder.mul(k4, ir.Constant(_I64, 64)))
+                weights.append(builder.load(builder.bitcast(builder.gep(packed_data, [at]), _BYTES.as_pointer()),
+                                            align=1))
             updated = []
-            for r, accumulator in enumerate(accumulators):
+            for r in range(n_rows):
                 at = builder.add(builder.add(a_start, builder.mul(a_stride, ir.Constant(_I64, r))),
                                  builder.mul(k4, ir.Constant(_I64, 4)))
                 four = builder.load(builder.bitcast(builder.gep(a_data, [at]), _I32.as_pointer()), align=1)
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_LANES, None), four,
-                                                                      ir.Constant(_I32, 0)),
-                                               ir.Constant(_LANES, None), ir.Constant(_LANES, [0] * 16))
-                updated.append(_dot_accumulate(builder, accumulator, builder.bitcast(splat, _BYTES), weights,
-                                               instruction.literal_value))
+                splat = builder.bitcast(builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(_LANES, None), four, ir.Constant(_I32, 0)),
+                    ir.Constant(_LANES, None), ir.Constant(_LANES, [0] * 16)), _BYTES)
+                for b in range(n_blocks):
+                    updated.append(_dot_accumulate(builder, accumulators[r * n_blocks + b], splat, weights[b],
+                                                   instruction.literal_value))
             k4.add_incoming(builder.add(k4, ir.Constant(_I64, 1)), builder.block)
             for phi, value in zip(accumulators, updated):
                 phi.add_incoming(value, builder.block)
             builder.branch(test)
             builder.position_at_end(done)
-            for r, accumulator in enumerate(accumulators):
-                target = builder.gep(sums_data, [ir.Constant(_I64, 16 * r)])
+            for index, accumulator in enumerate(accumulators):
+                target = builder.gep(sums_data, [ir.Constant(_I64, 16 * index)])
                 builder.store(accumulator, builder.bitcast(target, _LANES.as_pointer()), align=4)
             return context.get_dummy_value()
         return signature, codegen
     return dot_block
 
 
-_dot_block8, _dot_block4, _dot_block2, _dot_block1 = (_make_dot_block(n) for n in (8, 4, 2, 1))
+# passes of 8, 4, 2, 1 rows over two blocks (32 outputs: 16 accumulators at most of the 32 vector registers), and
+# over the one block left when the number of blocks is odd
+_dot8x2, _dot4x2, _dot2x2, _dot1x2 = (_make_dot_block(n, 2) for n in (8, 4, 2, 1))
+_dot8x1, _dot4x1, _dot2x1, _dot1x1 = (_make_dot_block(n, 1) for n in (8, 4, 2, 1))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -185,7 +195,7 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
     # a [n, 4 d_in4] uint8 (zero padded), packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points, row_sums [d_out]
     # int32 -> out[:, 16 block_start:16 block_stop] = (a - a_zero)(w - zero_points), the zero points folded out:
     # sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset the packed integers (offset
-    # 128 for uint8 weights, 0 for int8). Eight rows, then 4, 2, 1 share a pass over a block of 16 outputs.
+    # 128 for uint8 weights, 0 for int8). Passes of 8, 4, 2, 1 rows over two blocks of 16 outputs (one at the end).
     # out int32 (multipliers and bias None): MatMulInteger. out float: the graph's Cast, Mul by multipliers [d_out]
     # (x_scale * W_scale) and Add of bias [d_out] (or None), each rounded to out's dtype as the graph's ops round.
     # `instruction` is a string constant of the callers below, so each instruction compiles on its own.
@@ -202,29 +212,39 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
     for j in range(d_out):
         zero_shifts[j] = zero_points[j] - weight_offset
         column_terms[j] = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
-    sums = np.empty(8 * 16, dtype=np.int32)          # [rows of a pass, 16 outputs]
-    values = np.empty(16, dtype=out.dtype)           # one row of a pass's outputs
-    for block in range(block_start, block_stop):
+    sums = np.empty(8 * 32, dtype=np.int32)          # [rows of a pass, 32 outputs]
+    values = np.empty(32, dtype=out.dtype)           # one row of a pass's outputs
+    for block in range(block_start, block_stop, 2):
         at, j0 = block * n_k4 * 64, 16 * block
-        n_j = min(16, d_out - j0)
+        pair = block + 1 < block_stop
+        n_j = min(32 if pair else 16, d_out - j0)
         i = 0
         while i < n:
-            if n - i >= 8:
-                rows = 8
-                _dot_block8(flat, i * width, width, packed, at, n_k4, sums, instruction)
-            elif n - i >= 4:
-                rows = 4
-                _dot_block4(flat, i * width, width, packed, at, n_k4, sums, instruction)
-            elif n - i >= 2:
-                rows = 2
-                _dot_block2(flat, i * width, width, packed, at, n_k4, sums, instruction)
+            rows = 8 if n - i >= 8 else 4 if n - i >= 4 else 2 if n - i >= 2 else 1
+            start = i * width
+            if pair:
+                if rows == 8:
+                    _dot8x2(flat, start, width, packed, at, n_k4, sums, instruction)
+                elif rows == 4:
+                    _dot4x2(flat, start, width, packed, at, n_k4, sums, instruction)
+                elif rows == 2:
+                    _dot2x2(flat, start, width, packed, at, n_k4, sums, instruction)
+                else:
+                    _dot1x2(flat, start, width, packed, at, n_k4, sums, instruction)
+            elif rows == 8:
+                _dot8x1(flat, start, width, packed, at, n_k4, sums, instruction)
+            elif rows == 4:
+                _dot4x1(flat, start, width, packed, at, n_k4, sums, instruction)
+            elif rows == 2:
+                _dot2x1(flat, start, width, packed, at, n_k4, sums, instruction)
             else:
-                rows = 1
-                _dot_block1(flat, i * width, width, packed, at, n_k4, sums, instruction)
+                _dot1x1(flat, start, width, packed, at, n_k4, sums, instruction)
             # the fold, the Cast into out's dtype, the Mul and the Add, over slices so that the loops vectorize
             shifts, terms = zero_shifts[j0:j0 + n_j], column_terms[j0:j0 + n_j]
+            row_width = 32 if pair else 16
             for r in range(rows):
-                row, block_sums, a_sum = out[i + r, j0:j0 + n_j], sums[16 * r:16 * r + n_j], a_sums[i + r]
+                row, a_sum = out[i + r, j0:j0 + n_j], a_sums[i + r]
+                block_sums = sums[row_width * r:row_width * r + n_j]
                 if multipliers is None:
                     for lane in range(n_j):
                         row[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]

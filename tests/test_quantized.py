@@ -328,24 +328,26 @@ def test_dynamic_quantize_equals_onnxruntime_on_both_range_paths(range_in_numpy,
 @pytest.mark.parametrize("instruction", ["portable"] + (["vnni"] if quant.INT8_DOT == "vnni" else []))
 @pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("weight_type", [np.int8, np.uint8])
-@pytest.mark.parametrize("n_rows, d_in", [(1, 300), (3, 300), (7, 301), (8, 302), (12, 303), (17, 300), (600, 300)])
-def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows, d_in, threaded, instruction,
+@pytest.mark.parametrize("n_rows, d_in, d_out", [(1, 300, 600), (3, 300, 590), (7, 301, 600), (8, 302, 590),
+                                                  (12, 303, 600), (17, 300, 590), (600, 300, 600)])
+def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows, d_in, d_out, threaded, instruction,
                                                             monkeypatch):
     """Serial and threaded kernels, both dot-product instructions this CPU has (vpdpbusd and the portable code),
-    every row-blocking remainder (passes of 8, 4, 2, 1 rows), a last block of 8 of 16 outputs, inputs padded to a
-    multiple of 4, zero points per tensor and per row, extreme values: against int64 numpy."""
+    every row-blocking remainder (passes of 8, 4, 2, 1 rows), an even and an odd number of output blocks (passes
+    over two blocks, and one), a last block of 8 or 14 of 16 outputs, inputs padded to a multiple of 4, zero points
+    per tensor and per row, extreme values: against int64 numpy."""
     monkeypatch.setattr(quant, "INT8_DOT", instruction)
     monkeypatch.setattr(quant, "PARALLEL_MIN_PRODUCTS", 0 if threaded else 1 << 62)
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # threads shared out even on a busy machine
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
-    weight = rng.integers(info.min, int(info.max) + 1, (600, d_in)).astype(weight_type)
+    weight = rng.integers(info.min, int(info.max) + 1, (d_out, d_in)).astype(weight_type)
     weight[0] = info.max
     weight[1] = info.min
     a = rng.integers(0, 256, (n_rows, d_in)).astype(np.uint8)
     a[0] = 255
     for zero in (weight_type(0), weight_type(7) if weight_type == np.uint8 else weight_type(-3),
-                 rng.integers(0, 100, 600).astype(weight_type)):
+                 rng.integers(0, 100, d_out).astype(weight_type)):
         got = matmul_integer(a, np.uint8(200), weight, zero)
         exact = (a.astype(np.int64) - 200) @ (weight.astype(np.int64) - np.asarray(zero, np.int64).reshape(-1, 1)).T
         assert got.dtype == np.int32 and np.array_equal(got, exact)
