@@ -360,26 +360,37 @@ class QuantizedWeight:
 
 
 @numba.njit(cache=True)
-def _integer_products(a, a_zero, b, b_zero, out):
-    # a [n_mat, n, d], b [n_mat, d, m] uint8 -> out [n_mat, n, m] int32; for each k a row of b is scaled and added
-    # (the vector runs over m), sums cast back to int32 so LLVM keeps 32-bit lanes (exact: below 2^31)
+def _integer_products(a, a_zero, b, b_zero, multiplier, out):
+    # a [n_mat, n, d], b [n_mat, d, m] uint8 -> out [n_mat, n, m] int32 (multiplier None), or float: the graph's Cast
+    # and Mul by multiplier (a_scale * b_scale, out's dtype). For each k a row of b is scaled and added (the vector
+    # runs over m), sums cast back to int32 so LLVM keeps 32-bit lanes (exact: below 2^31)
+    row = np.empty(b.shape[2], dtype=np.int32)
     for g in range(a.shape[0]):
         for i in range(a.shape[1]):
-            row = out[g, i]
             row[:] = 0
             for k in range(a.shape[2]):
                 weight = np.int32(np.int32(a[g, i, k]) - a_zero)
                 for j in range(b.shape[2]):
                     row[j] = np.int32(row[j] + weight * (np.int32(b[g, k, j]) - b_zero))
+            target = out[g, i]
+            if multiplier is None:
+                target[:] = row
+            else:
+                for j in range(b.shape[2]):
+                    target[j] = row[j]                 # Cast into out's dtype, then the Mul in it
+                    target[j] = target[j] * multiplier
 
 
-def integer_product(a_q, a_zero, b_q, b_zero):  # a_q [..., n, d], b_q [..., d, m] uint8 -> int32 [..., n, m]
-    """MatMulInteger of two on-the-fly quantized operands, each with one zero point; exact in int32."""
-    lead = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
-    a = np.ascontiguousarray(np.broadcast_to(a_q, lead + a_q.shape[-2:])).reshape(-1, *a_q.shape[-2:])
-    b = np.ascontiguousarray(np.broadcast_to(b_q, lead + b_q.shape[-2:])).reshape(-1, *b_q.shape[-2:])
-    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.int32)
-    _integer_products(a, np.int32(a_zero), b, np.int32(b_zero), out)
+def integer_product(a_q, a_zero, b_q, b_zero, multiplier=None):  # a_q [..., n, d], b_q [..., d, m] uint8
+    """MatMulInteger of two on-the-fly quantized operands, each with one zero point, exact in int32 -> int32
+    [..., n, m]; with a multiplier (float32, or float64 for the arbiter) that product Cast to its dtype times it."""
+    lead = a_q.shape[:-2]
+    if b_q.shape[:-2] != lead:
+        lead = np.broadcast_shapes(lead, b_q.shape[:-2])
+        a_q, b_q = (np.ascontiguousarray(np.broadcast_to(x, lead + x.shape[-2:])) for x in (a_q, b_q))
+    a, b = a_q.reshape(-1, *a_q.shape[-2:]), b_q.reshape(-1, *b_q.shape[-2:])
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.int32 if multiplier is None else multiplier.dtype)
+    _integer_products(a, np.int32(a_zero), b, np.int32(b_zero), multiplier, out)
     return out.reshape(*lead, a.shape[1], b.shape[2])
 
 
@@ -387,4 +398,4 @@ def quantized_product(a, b):  # a [..., n, d], b [..., d, m] float -> [..., n, m
     """An attention product whose operands the graph quantizes on the fly, each as one whole tensor."""
     a_q, a_scale, a_zero = dynamic_quantize(a)
     b_q, b_scale, b_zero = dynamic_quantize(b)
-    return integer_product(a_q, a_zero, b_q, b_zero).astype(a_scale.dtype) * (a_scale * b_scale)
+    return integer_product(a_q, a_zero, b_q, b_zero, a_scale * b_scale)

@@ -353,6 +353,21 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows,
         assert got.dtype == np.int32 and np.array_equal(got, exact)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_products_equal_exact_integers_and_the_graphs_cast_and_mul(dtype):
+    """integer_product over broadcast leading dims against int64 numpy, and with a multiplier: that product Cast to
+    the multiplier's dtype and multiplied, bit for bit (the graph's Cast and Mul after MatMulInteger)."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2, 3, 5, 7)).astype(np.uint8)
+    b = rng.integers(0, 256, (1, 3, 7, 4)).astype(np.uint8)
+    exact = (a.astype(np.int64) - 9) @ (b.astype(np.int64) - 250)
+    integers = integer_product(a, np.uint8(9), b, np.uint8(250))
+    assert integers.dtype == np.int32 and np.array_equal(integers, exact)
+    multiplier = dtype(rng.uniform(1e-5, 1e-3))
+    scaled = integer_product(a, np.uint8(9), b, np.uint8(250), multiplier)
+    assert scaled.dtype == dtype and scaled.tobytes() == (exact.astype(dtype) * multiplier).tobytes()
+
+
 def test_the_quantized_demo_translates_as_onnxruntime_int8_does():
     """weights/numbers-en-de-int8 on held-out numbers: exact German, and the same greedy ids as ONNX Runtime's loop
     over the same quantized graphs (the full 1200 are in the README; 60 here keep the suite short)."""
