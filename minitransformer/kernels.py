@@ -1,10 +1,11 @@
 """numba kernels and the thread policy: `attention.attend` with the same signature and math, the few-row linear
 of a decode step, the many-row linear of the encoder, and the sharing of both between threads.
 
-The loops are the shape llama2.c gives them: for each (batch, head, query), scores over the keys,
-a safe softmax, and the weighted sum of values. The bias is broadcast (zero strides, no copy).
+The loops are the shape llama2.c gives them: for each (batch, head), the scores over the keys, a safe softmax
+per query, and the weighted sum of values. The bias is broadcast (zero strides, no copy).
 fastmath leaves out nnan/ninf so the finite MASKED value keeps its meaning.
 """
+import functools
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,28 +23,39 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _attend_loops(q, k, v, n_k, bias, scale, out):
     # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read.
+    # Per head: the scores q kᵀ as a product in register tiles (_gemm_tiles, the keys as its weight rows), a safe
+    # softmax per query, then the weighted sum of values. With 4 queries or more (the encoder, teacher forcing)
+    # that sum is a tiled product too, over v transposed; a decode step's query adds p v row by row.
     # The arithmetic is in the inputs' dtype: float32 for a float32 model, float64 for its float64 arbiter.
     n_batch, n_head, n_tgt, d_head = q.shape
-    scores = np.empty(n_k, dtype=q.dtype)
+    zero = q.dtype.type(0)
+    scores = np.empty((n_tgt, n_k), dtype=q.dtype)         # one head's, then its probabilities
+    values_t = np.empty((d_head, n_k), dtype=q.dtype)      # one head's v transposed
     for b in range(n_batch):
         for h in range(n_head):
+            _gemm_tiles(q[b, h], k[b, h], None, scores, 0, n_k)  # [n_tgt, n_k]
             for i in range(n_tgt):
+                row_max = scores[i, 0] * scale + bias[b, h, i, 0]
                 for j in range(n_k):
-                    dot = q[b, h, i, 0] * k[b, h, j, 0]
-                    for e in range(1, d_head):
-                        dot += q[b, h, i, e] * k[b, h, j, e]
-                    scores[j] = dot * scale + bias[b, h, i, j]
-                row_max = scores[0]
-                for j in range(1, n_k):
-                    row_max = max(row_max, scores[j])
-                total = scores[0] - scores[0]
+                    scores[i, j] = scores[i, j] * scale + bias[b, h, i, j]
+                    row_max = max(row_max, scores[i, j])
+                total = zero
                 for j in range(n_k):
-                    scores[j] = np.exp(scores[j] - row_max)
-                    total += scores[j]
+                    scores[i, j] = np.exp(scores[i, j] - row_max)
+                    total += scores[i, j]
+                for j in range(n_k):
+                    scores[i, j] /= total
+            if n_tgt >= 4:
+                for j in range(n_k):
+                    for e in range(d_head):
+                        values_t[e, j] = v[b, h, j, e]
+                _gemm_tiles(scores, values_t, None, out[b, h], 0, d_head)  # [n_tgt, d_head]
+                continue
+            for i in range(n_tgt):
                 for e in range(d_head):
-                    out[b, h, i, e] = 0.0
+                    out[b, h, i, e] = zero
                 for j in range(n_k):
-                    p = scores[j] / total
+                    p = scores[i, j]
                     for e in range(d_head):
                         out[b, h, i, e] += p * v[b, h, j, e]
 
@@ -85,10 +97,15 @@ def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head,
 # (measured at load average 9 on 2 cores: decode step 35 ms on one thread, 38 ms sharing the lm_head; at load 5:
 # encoder 21.8 ms on one thread, 26.7 ms sharing its products).
 
+@functools.cache
+def _usable_cores():  # the affinity is read once: a syscall, asked per shared product
+    return len(os.sched_getaffinity(0))
+
+
 def thread_count():
     """MINITRANSFORMER_THREADS, else the cores this process may run on."""
     value = os.environ.get("MINITRANSFORMER_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+    return int(value) if value.isdigit() and int(value) > 0 else _usable_cores()
 
 
 def spare_core():
