@@ -190,14 +190,14 @@ _dot8x1, _dot4x1, _dot2x1, _dot1x1 = (_make_dot_block(n, 1) for n in (8, 4, 2, 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                      block_start, block_stop, instruction):
     # a [n, 4 d_in4] uint8 (zero padded), packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points, row_sums [d_out]
     # int32 -> out[:, 16 block_start:16 block_stop] = (a - a_zero)(w - zero_points), the zero points folded out:
     # sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset the packed integers (offset
     # 128 for uint8 weights, 0 for int8). Passes of 8, 4, 2, 1 rows over two blocks of 16 outputs (one at the end).
-    # out int32 (multipliers and bias None): MatMulInteger. out float: the graph's Cast, Mul by multipliers [d_out]
-    # (x_scale * W_scale) and Add of bias [d_out] (or None), each rounded to out's dtype as the graph's ops round.
+    # out int32 (x_scale, scales and bias None): MatMulInteger. out float: the graph's Cast, Mul by x_scale * scales
+    # [d_out] (W's) and Add of bias [d_out] (or None), each rounded to out's dtype as the graph's ops round.
     # `instruction` is a string constant of the callers below, so each instruction compiles on its own.
     n, width = a.shape
     d_out = out.shape[1]
@@ -245,34 +245,34 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
             for r in range(rows):
                 row, a_sum = out[i + r, j0:j0 + n_j], a_sums[i + r]
                 block_sums = sums[row_width * r:row_width * r + n_j]
-                if multipliers is None:
+                if scales is None:
                     for lane in range(n_j):
                         row[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
                     continue
                 for lane in range(n_j):
                     values[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
-                scales = multipliers[j0:j0 + n_j]
+                w_scales = scales[j0:j0 + n_j]
                 if bias is None:
                     for lane in range(n_j):
-                        row[lane] = values[lane] * scales[lane]
+                        row[lane] = values[lane] * (x_scale * w_scales[lane])
                 else:
                     biases = bias[j0:j0 + n_j]
                     for lane in range(n_j):
-                        row[lane] = values[lane] * scales[lane] + biases[lane]
+                        row[lane] = values[lane] * (x_scale * w_scales[lane]) + biases[lane]
             i += rows
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                    block_start, block_stop):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                      block_start, block_stop, "vnni")
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                        block_start, block_stop):
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, multipliers, bias, out,
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                      block_start, block_stop, "portable")
 
 
@@ -335,15 +335,15 @@ class QuantizedWeight:
         """Cast(MatMulInteger(DynamicQuantizeLinear(x), W)) * (x_scale * W_scale) + bias, in the graph's order."""
         x_q, x_scale, x_zero = dynamic_quantize(x)
         out = np.empty(x.shape[:-1] + self.weight.shape[:1], dtype=self.dtype)
-        self._products(x_q, x_zero, out, x_scale * self.scales, bias)
+        self._products(x_q, x_zero, out, x_scale, self.scales, bias)
         return out
 
     def integer_product(self, a, a_zero):  # a [..., d_in] uint8 -> int32 [..., d_out]: MatMulInteger(a, W)
         out = np.empty(a.shape[:-1] + self.weight.shape[:1], dtype=np.int32)
-        self._products(a, a_zero, out, None, None)
+        self._products(a, a_zero, out, None, None, None)
         return out
 
-    def _products(self, a, a_zero, out, multipliers, bias):  # a [..., d_in] uint8 -> out [..., d_out] written
+    def _products(self, a, a_zero, out, x_scale, scales, bias):  # a [..., d_in] uint8 -> out [..., d_out] written
         d_out, d_in = self.weight.shape
         rows = a.reshape(-1, d_in)                                          # [n, d_in]
         if d_in % 4:  # the kernel reads four inputs at a time: zero padding adds nothing
@@ -353,8 +353,8 @@ class QuantizedWeight:
         packed, products = self.packed, _PRODUCTS[INT8_DOT]
 
         def work(start, stop):  # output blocks [start, stop)
-            products(rows, np.int64(a_zero), packed, d_in, offset, self.zero_points, self.row_sums, multipliers, bias,
-                     out_rows, start, stop)
+            products(rows, np.int64(a_zero), packed, d_in, offset, self.zero_points, self.row_sums, x_scale, scales,
+                     bias, out_rows, start, stop)
         shared = rows.shape[0] * self.weight.size >= PARALLEL_MIN_PRODUCTS and kernels.spare_core()
         kernels._HELPERS.run(work, -(-d_out // 16), 8 * kernels.thread_count() if shared else 1)
 

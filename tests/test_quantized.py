@@ -353,6 +353,27 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows,
         assert got.dtype == np.int32 and np.array_equal(got, exact)
 
 
+@pytest.mark.parametrize("instruction", ["portable"] + (["vnni"] if quant.INT8_DOT == "vnni" else []))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_quantized_linear_is_the_graphs_cast_mul_and_add_bit_for_bit(dtype, instruction, monkeypatch):
+    """QuantizedWeight.matmul, whose kernel writes the dequantized outputs, against the graph's ops in numpy:
+    DynamicQuantizeLinear, MatMulInteger, Cast, Mul by x_scale * W_scale, Add of the bias; per-tensor and
+    per-channel scales, with and without a bias, a decode step's rows and an encoder's."""
+    monkeypatch.setattr(quant, "INT8_DOT", instruction)
+    rng = np.random.default_rng(11)
+    weight = rng.integers(-128, 128, (70, 52)).astype(np.int8)
+    for scale in (np.float32(0.003), rng.uniform(1e-3, 1e-2, 70).astype(np.float32)):
+        linear = quant.QuantizedWeight(weight, np.asarray(scale), np.zeros(np.shape(scale), dtype=np.int8)).astype(dtype)
+        for n_rows in (1, 19):
+            x = rng.standard_normal((n_rows, 52)).astype(dtype)
+            for bias in (None, rng.standard_normal(70).astype(dtype)):
+                x_q, x_scale, x_zero = dynamic_quantize(x)
+                graph = matmul_integer(x_q, x_zero, weight, np.int8(0)).astype(dtype) * (x_scale * linear.scales)
+                graph = graph if bias is None else graph + bias
+                got = linear.matmul(x, bias)
+                assert got.dtype == dtype and got.tobytes() == graph.tobytes()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_attention_products_equal_exact_integers_and_the_graphs_cast_and_mul(dtype):
     """integer_product over broadcast leading dims against int64 numpy, and with a multiplier: that product Cast to
