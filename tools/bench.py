@@ -8,7 +8,8 @@ decode steps (a fixed seeded token sequence, not argmax, so every engine does id
 Built once into --work-dir (default /tmp/minitransformer-bench); --model-dir benchmarks an existing export.
 
 Engines, measured in one process and interleaved: every repetition runs each engine once, the order
-rotated from repetition to repetition (ABAB..., BABA...), so a burst of load from other jobs lands on all of them:
+rotated from repetition to repetition (ABAB..., BABA...), so a burst of load from other jobs lands on all of them;
+each engine's turn starts with an untimed encode of its own, so no engine is timed in another's wake:
   ours            Model.encode, Model.start, Model.decode_step (numba attention kernel)
   ort-split       OnnxReference(optimize=True).decoder("split"): decoder_model, then decoder_with_past_model
   ort-merged      the same loop over decoder_model_merged.onnx
@@ -356,6 +357,9 @@ def bench_decode(engines, step_ids, reps, budget):
     began = time.perf_counter()
     for rep in range(reps):
         for e in engines[rep % len(engines):] + engines[:rep % len(engines)]:
+            # untimed, so that what ran just before the clock starts is this engine, as for a user of one engine:
+            # ONNX Runtime's pool threads spin on after a run and slowed the next engine's encoder 17-25%
+            e.encode()
             t0 = time.perf_counter()
             hidden = e.encode()
             r = raw[e.name]
