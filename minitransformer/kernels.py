@@ -159,43 +159,67 @@ GEMM_ROW_BLOCK = 64            # rows per pass over the weight in a product: 64 
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _matvec_rows(x, weight, bias, out, start, stop):
-    # x [n_rows, d_in], weight [d_out, d_in] C order, bias [d_out] or None -> out[:, start:stop]
-    # weight row j is read once, from memory, for all n_rows dot products, and each of its elements once from
-    # cache for four rows at a time (a beam); every dot product is summed in the same order either way.
-    # The dtype is the inputs'.
+def _matvec_blocks(x, weight, bias, out, start, stop, with_tail):
+    # x [n_rows, d_in], weight [d_out, d_in] C order, bias [d_out] or None -> out[:, block outputs]
+    # Block k holds the outputs k, k + q, k + 2q, k + 3q (q = d_out // 4), one from each quarter of W; blocks
+    # [start, stop) are computed, then (with_tail) the d_out % 4 outputs past the quarters. Each block's 4 weight
+    # rows are read once, from memory, as 4 sequential streams (rows of one quarter follow each other, so the
+    # hardware prefetcher runs ahead in each; 4 adjacent rows instead, one page, were 2x slower to stream), and
+    # from cache for every 4 input rows (a beam): tiles of 4 rows x 4 outputs summed in registers, so each
+    # element loaded feeds 4 multiply-adds (a lone dot product loads 2 elements per multiply-add and waits on
+    # the loads). Rows past a multiple of 4 (greedy search's one) take 1 x 4 tiles. An output's sum does not
+    # depend on how the blocks are shared between threads. The dtype is the inputs'.
     n_rows, d_in = x.shape
-    for j in range(start, stop):
+    q = weight.shape[0] // 4
+    zero = x.dtype.type(0)
+    for j0 in range(start, stop):
+        j1, j2, j3 = j0 + q, j0 + 2 * q, j0 + 3 * q
         r = 0
         while r + 4 <= n_rows:
-            w = weight[j, 0]
-            t0, t1, t2, t3 = x[r, 0] * w, x[r + 1, 0] * w, x[r + 2, 0] * w, x[r + 3, 0] * w
-            for i in range(1, d_in):
-                w = weight[j, i]
-                t0 += x[r, i] * w
-                t1 += x[r + 1, i] * w
-                t2 += x[r + 2, i] * w
-                t3 += x[r + 3, i] * w
+            t00 = t01 = t02 = t03 = t10 = t11 = t12 = t13 = zero
+            t20 = t21 = t22 = t23 = t30 = t31 = t32 = t33 = zero
+            for i in range(d_in):
+                x0, x1, x2, x3 = x[r, i], x[r + 1, i], x[r + 2, i], x[r + 3, i]
+                w0, w1, w2, w3 = weight[j0, i], weight[j1, i], weight[j2, i], weight[j3, i]
+                t00, t01, t02, t03 = t00 + x0 * w0, t01 + x0 * w1, t02 + x0 * w2, t03 + x0 * w3
+                t10, t11, t12, t13 = t10 + x1 * w0, t11 + x1 * w1, t12 + x1 * w2, t13 + x1 * w3
+                t20, t21, t22, t23 = t20 + x2 * w0, t21 + x2 * w1, t22 + x2 * w2, t23 + x2 * w3
+                t30, t31, t32, t33 = t30 + x3 * w0, t31 + x3 * w1, t32 + x3 * w2, t33 + x3 * w3
             if bias is not None:
-                t0, t1, t2, t3 = t0 + bias[j], t1 + bias[j], t2 + bias[j], t3 + bias[j]
-            out[r, j], out[r + 1, j], out[r + 2, j], out[r + 3, j] = t0, t1, t2, t3
+                b0, b1, b2, b3 = bias[j0], bias[j1], bias[j2], bias[j3]
+                t00, t01, t02, t03 = t00 + b0, t01 + b1, t02 + b2, t03 + b3
+                t10, t11, t12, t13 = t10 + b0, t11 + b1, t12 + b2, t13 + b3
+                t20, t21, t22, t23 = t20 + b0, t21 + b1, t22 + b2, t23 + b3
+                t30, t31, t32, t33 = t30 + b0, t31 + b1, t32 + b2, t33 + b3
+            out[r, j0], out[r, j1], out[r, j2], out[r, j3] = t00, t01, t02, t03
+            out[r + 1, j0], out[r + 1, j1], out[r + 1, j2], out[r + 1, j3] = t10, t11, t12, t13
+            out[r + 2, j0], out[r + 2, j1], out[r + 2, j2], out[r + 2, j3] = t20, t21, t22, t23
+            out[r + 3, j0], out[r + 3, j1], out[r + 3, j2], out[r + 3, j3] = t30, t31, t32, t33
             r += 4
         for r in range(r, n_rows):
-            total = x[r, 0] * weight[j, 0]
-            for i in range(1, d_in):
-                total += x[r, i] * weight[j, i]
+            t0 = t1 = t2 = t3 = zero
+            for i in range(d_in):
+                xi = x[r, i]
+                t0, t1 = t0 + xi * weight[j0, i], t1 + xi * weight[j1, i]
+                t2, t3 = t2 + xi * weight[j2, i], t3 + xi * weight[j3, i]
             if bias is not None:
-                total += bias[j]
-            out[r, j] = total
+                t0, t1, t2, t3 = t0 + bias[j0], t1 + bias[j1], t2 + bias[j2], t3 + bias[j3]
+            out[r, j0], out[r, j1], out[r, j2], out[r, j3] = t0, t1, t2, t3
+    if with_tail:
+        for r in range(n_rows):
+            _dots(x, weight, bias, out, r, 4 * q, weight.shape[0])
 
 
 def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
-    """x Wᵀ + b for a few rows, reading W once; W in HF's [d_out, d_in] layout, each row one dot product."""
+    """x Wᵀ + b for a few rows, reading W once; W in HF's [d_out, d_in] layout, in blocks of 4 outputs
+    (_matvec_blocks)."""
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
+    n_blocks = weight.shape[0] // 4
     n_chunks = 8 * thread_count() if weight.nbytes >= SHARE_MIN_BYTES and spare_core() else 1
-    _HELPERS.run(lambda start, stop: _matvec_rows(x, weight, bias, out, start, stop), weight.shape[0], n_chunks)
+    _HELPERS.run(lambda start, stop: _matvec_blocks(x, weight, bias, out, start, stop, stop == n_blocks), n_blocks,
+                 n_chunks)
     return out
 
 
@@ -390,3 +414,4 @@ def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the
         _transpose_into(a.T.view(bits), out.view(bits))
         return out
     return np.array(a, dtype=dtype, order="C") if copy else np.ascontiguousarray(a, dtype=dtype)
+
