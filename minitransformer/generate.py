@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ModelError
+from .kernels import top_k
 from .model import attention_maps
 from .observe import Recorder
 from .ops import log_softmax
@@ -418,17 +419,6 @@ def _gather(array, index):  # array [n_batch, k, ...], index [n_batch, m] -> [n_
     return np.take_along_axis(array, index.reshape(index.shape + (1,) * (array.ndim - 2)), axis=1)
 
 
-def _top_k(scores, k):  # [n_batch, n] -> values, indices [n_batch, k], largest first (ties: lower index first)
-    """Partition first, then sort only the candidates: the same result as a stable full sort, ~100x faster
-    over num_beams * n_vocab scores."""
-    threshold = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # [n_batch, 1]: the k-th largest score
-    index = np.empty((scores.shape[0], k), dtype=np.int64)
-    for row, (row_scores, bound) in enumerate(zip(scores, threshold)):
-        candidates = np.flatnonzero(row_scores >= bound)  # ascending index: ties keep index order
-        index[row] = candidates[np.argsort(-row_scores[candidates], kind="stable")[:k]]
-    return np.take_along_axis(scores, index, axis=1), index
-
-
 INITIAL_WIDTH = 64  # beam search's token buffers: positions allocated up front, doubled as needed
 
 
@@ -468,7 +458,7 @@ def _beam_search(stepper, n_batch, s):
         trace.step(stepper, step_logits, log_probs)
         n_vocab = log_probs.shape[1]
         log_probs = log_probs.reshape(n_batch, n_beams, n_vocab) + running_scores[:, :, None]
-        top_scores, top_index = _top_k(log_probs.reshape(n_batch, n_beams * n_vocab), keep)  # [n_batch, keep]
+        top_scores, top_index = top_k(log_probs.reshape(n_batch, n_beams * n_vocab), keep)  # [n_batch, keep]
         top_beam = top_index // n_vocab
         top_sequences = _gather(running, top_beam)                              # [n_batch, keep, width]
         top_sequences[:, :, cur_len] = top_index % n_vocab
@@ -477,7 +467,7 @@ def _beam_search(stepper, n_batch, s):
         hits_stop = np.isin(top_sequences[:, :, cur_len], s.eos_token_ids) | (cur_len + 1 >= max_length)
         # the best num_beams continuations that did not stop run on
         running_candidates = top_scores + hits_stop * np.float32(-1e9)
-        next_running = _top_k(running_candidates, n_beams)[1]
+        next_running = top_k(running_candidates, n_beams)[1]
         running = _gather(top_sequences, next_running)
         running_scores = _gather(running_candidates, next_running)
         running_indices = _gather(top_indices, next_running)
@@ -489,7 +479,7 @@ def _beam_search(stepper, n_batch, s):
         candidate_scores = (candidate_scores + batch_full * np.float32(-1e9) + (~improvable) * np.float32(-1e9)
                             + (~just_finished) * np.float32(-1e9))
         merged_scores = np.concatenate([finished_scores, candidate_scores], axis=1)
-        best = _top_k(merged_scores, n_beams)[1]
+        best = top_k(merged_scores, n_beams)[1]
         finished = _gather(np.concatenate([finished, top_sequences], axis=1), best)
         finished_scores = _gather(merged_scores, best)
         finished_indices = _gather(np.concatenate([finished_indices, top_indices], axis=1), best)

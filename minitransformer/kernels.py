@@ -415,3 +415,53 @@ def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the
         return out
     return np.array(a, dtype=dtype, order="C") if copy else np.ascontiguousarray(a, dtype=dtype)
 
+
+# ---------------------------------------------------------------------------------------------- search
+
+TOP_K_BLOCK = 16  # scores compared with the k-th kept one at a time, to skip a block with none above it
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k_rows(scores, values, index):  # scores [n_rows, n] -> values, index [n_rows, k], k = values.shape[1] <= n
+    # One pass per row, keeping the k best so far in order: a score enters when it ranks above the k-th kept one
+    # (strictly: of equal scores the lower index stays first), and moves up past every kept score it ranks above.
+    # NaN ranks below every number, as in a stable sort of -scores. Once k are kept, a block of scores none of which
+    # is above the k-th is skipped after one vectorized count. No fastmath: NaN must keep its meaning.
+    n, k = scores.shape[1], values.shape[1]
+    for row in range(scores.shape[0]):
+        kept = 0
+        kth = scores[row, 0]  # the k-th kept score, once k are kept
+        for start in range(0, n, TOP_K_BLOCK):
+            stop = min(start + TOP_K_BLOCK, n)
+            if kept == k and kth == kth and stop - start == TOP_K_BLOCK:
+                above = 0
+                for j in range(start, start + TOP_K_BLOCK):
+                    above += scores[row, j] > kth
+                if above == 0:
+                    continue
+            for j in range(start, stop):
+                v = scores[row, j]
+                if kept == k:
+                    if not (v > kth or (kth != kth and v == v)):
+                        continue
+                    p = k - 1
+                else:
+                    p = kept
+                    kept += 1
+                while p > 0 and (v > values[row, p - 1] or (values[row, p - 1] != values[row, p - 1] and v == v)):
+                    values[row, p], index[row, p] = values[row, p - 1], index[row, p - 1]
+                    p -= 1
+                values[row, p], index[row, p] = v, j
+                kth = values[row, k - 1]
+
+
+def top_k(scores, k):  # [n_rows, n] -> values [n_rows, k] (scores' dtype), int64 indices [n_rows, k]
+    """The k largest scores of each row, largest first, ties in index order (NaN last): a stable sort's first k,
+    in one pass over the scores."""
+    scores = np.ascontiguousarray(scores)
+    if not 0 < k <= scores.shape[1]:
+        raise ValueError(f"top_k: k = {k} outside [1, {scores.shape[1]}]")
+    values = np.empty((scores.shape[0], k), dtype=scores.dtype)
+    index = np.empty((scores.shape[0], k), dtype=np.int64)
+    _top_k_rows(scores, values, index)
+    return values, index

@@ -5,18 +5,23 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from minitransformer.generate import Settings, _top_k, process_logits, warp
+from minitransformer.generate import Settings, process_logits, warp
+from minitransformer.kernels import top_k
 
 from conftest import FIXTURES
 
 
-def test_top_k_equals_a_stable_full_sort_ties_included():
+def test_top_k_equals_a_stable_full_sort_ties_infinities_and_nan_included():
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        scores = rng.integers(-5, 5, size=(3, 200)).astype(np.float32)  # many ties
+    for case in range(60):
+        n = int(rng.integers(1, 300))  # whole blocks of kernels.TOP_K_BLOCK and a remainder
+        k = min(n, 8) if case % 2 else int(rng.integers(1, n + 1))
+        scores = rng.integers(-5, 5, size=(3, n)).astype(np.float32)  # many ties
         scores[0, :50] = -np.inf
-        values, index = _top_k(scores, 8)
-        expected = np.argsort(-scores, axis=1, kind="stable")[:, :8]
+        for value, share in ((np.nan, 0.2 * (case % 3 == 0)), (np.inf, 0.05 * (case % 4 == 0))):
+            scores[rng.random(scores.shape) < share] = value
+        values, index = top_k(scores, k)
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # NaN last, ties in index order
         np.testing.assert_array_equal(index, expected)
         np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
 
