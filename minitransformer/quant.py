@@ -250,7 +250,7 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
                         row[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
                     continue
                 for lane in range(n_j):
-                    values[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
+                    values[lane] = np.int32(block_sums[lane] - shifts[lane] * a_sum + terms[lane])  # MatMulInteger: int32
                 w_scales = scales[j0:j0 + n_j]
                 if bias is None:
                     for lane in range(n_j):

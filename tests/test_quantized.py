@@ -363,7 +363,8 @@ def test_a_quantized_linear_is_the_graphs_cast_mul_and_add_bit_for_bit(dtype, in
     rng = np.random.default_rng(11)
     weight = rng.integers(-128, 128, (70, 52)).astype(np.int8)
     for scale in (np.float32(0.003), rng.uniform(1e-3, 1e-2, 70).astype(np.float32)):
-        linear = quant.QuantizedWeight(weight, np.asarray(scale), np.zeros(np.shape(scale), dtype=np.int8)).astype(dtype)
+        zero = np.zeros(np.shape(scale), dtype=np.int8)
+        linear = quant.QuantizedWeight(weight, np.asarray(scale), zero).astype(dtype)
         for n_rows in (1, 19):
             x = rng.standard_normal((n_rows, 52)).astype(dtype)
             for bias in (None, rng.standard_normal(70).astype(dtype)):
