@@ -71,7 +71,7 @@ def convert(ctranslate2, hf_dir, work_dir, quantization, built_from):
     config = built_from["config"]
 
     class IdVocabularyConverter(TransformersConverter):
-        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):  # unk at 1, as in OPUS-MT's
             return _IdVocabulary(config["vocab_size"], config["eos_token_id"], 1, config["pad_token_id"])
 
     staged = f"{out}.staged-{os.getpid()}"
