@@ -16,7 +16,8 @@ each engine's turn starts with an untimed encode of its own, so no engine is tim
   ort-split-raw   session.run over pre-built feeds (no name filtering, no dict rebuilding): ORT's own floor
   ort-merged-raw  the same for the merged graph
   PKG             with --also PKG: PKG.load() from another importable copy of the package (a patched copy on
-                  PYTHONPATH), so a proposed change is timed against the current code in the same run
+                  PYTHONPATH), so a proposed change (or an older commit) is timed against the current code in
+                  the same run, in the decode loop and in greedy and beam-4 generate()
   ct2             CTranslate2 float32 (ct2-int8 in the int8 section), when ctranslate2 imports: the HF model this
                   export was made from, converted into WORK_DIR/ct2-float32 and ct2-int8; its own greedy tokens,
                   a step timed between the per-token callbacks of one translate_batch (tools/bench_ct2.py says
@@ -383,8 +384,9 @@ def bench_decode(engines, step_ids, reps, budget):
     return raw, logits
 
 
-def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=()):
-    """Greedy and beam-4 generate(), ours and reference_generate (split), and extra (name, run) jobs, interleaved.
+def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=(), also=()):
+    """Greedy and beam-4 generate(), ours, the --also packages' (name, model) and reference_generate (split), and
+    extra (name, run) jobs, interleaved.
     -> (raw seconds per token, ours = ORT per search, tokens per job, every job's last output)."""
     from minitransformer.generate import resolve_settings
     from minitransformer.reference import reference_generate
@@ -396,6 +398,7 @@ def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=()):
         resolved = resolve_settings(model, settings)
         label = "greedy" if beams == 1 else f"beam{beams}"
         jobs.append((f"ours {label}", lambda s=settings: model.generate(src, mask, **s)))
+        jobs += [(f"{name} {label}", lambda m=m, s=settings: m.generate(src, mask, **s)) for name, m in also]
         jobs.append((f"ort-split {label}", lambda s=resolved: reference_generate(ref, s, src, mask, "split")))
     began = time.perf_counter()
     for rep in range(reps):
@@ -641,6 +644,9 @@ def print_report(env, rows, generate, profile, logits_diff, fresh=None):
             a, b = generate["ms_per_token"][f"ours {label}"], generate["ms_per_token"][f"ort-split {label}"]
             print(f"  {label:<7} ours {a:7.2f}   ort-split (reference_generate) {b:7.2f}   ratio {a / b:.2f}   "
                   f"tokens {generate['tokens'][f'ours {label}']}, identical outputs: {generate['identical'][label]}")
+            for name in generate.get("also", ()):  # the --also packages: ours / this, and this / ORT
+                c = generate["ms_per_token"][f"{name} {label}"]
+                print(f"  {label:<7} {name} {c:7.2f}   ours / {name} {a / c:.2f}   {name} / ort-split {c / b:.2f}")
     if fresh:
         f = fresh
         print(f"\nfresh processes (warm numba cache, medians of {f['reps']}): import {f['import_s']:.2f} s; from an "
@@ -836,9 +842,9 @@ def main():
         print("generate: greedy and beam 4, ours, ORT and CTranslate2", file=sys.stderr)
         jobs = bench_ct2.generate_jobs(ct2_engines["float32"], args.steps, start_id) if ct2_engines else ()
         graw, same, lengths, outputs = bench_generate(model, ref, src, mask, args.steps, args.gen_reps,
-                                                      0.3 * args.budget, jobs)
+                                                      0.3 * args.budget, jobs, [(e.name, e.model) for e in extra])
         generate = {"ms_per_token": {k: median_ms(v) for k, v in graw.items()}, "identical": same,
-                    "tokens": lengths, "reps": {k: len(v) for k, v in graw.items()}}
+                    "tokens": lengths, "reps": {k: len(v) for k, v in graw.items()}, "also": [e.name for e in extra]}
         if ct2_engines:
             generate["ct2"] = bench_ct2.generate_figures(generate["ms_per_token"], outputs, "ct2", args.steps)
     profile = None
