@@ -19,9 +19,10 @@ def _dot_bound(x, weight, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_rows", [1, 4, kernels.MATVEC_MAX_ROWS + 1, 2 * kernels.GEMM_ROW_BLOCK + 7])
+@pytest.mark.parametrize("n_rows", [1, 4, 6, kernels.MATVEC_MAX_ROWS + 1, 2 * kernels.GEMM_ROW_BLOCK + 7])
 def test_linear_is_x_wt_plus_b_in_the_inputs_dtype(dtype, n_rows):
-    # 45 outputs: 11 whole tiles of 4 and one left over; 2 row blocks + 7 rows: whole tiles of 4 and 3 left over
+    # 45 outputs: 11 whole tiles (or blocks) of 4 and one left over; 6 rows: a tile of 4 rows and 2 rows alone;
+    # 2 row blocks + 7 rows: whole tiles of 4 and 3 left over
     rng = np.random.default_rng(n_rows)
     x = rng.standard_normal((n_rows, 1, 67)).astype(dtype)
     weight, bias = rng.standard_normal((45, 67)).astype(dtype), rng.standard_normal(45).astype(dtype)
@@ -33,7 +34,7 @@ def test_linear_is_x_wt_plus_b_in_the_inputs_dtype(dtype, n_rows):
         assert (np.abs(got - want) <= _dot_bound(x, weight, dtype)).all()
 
 
-@pytest.mark.parametrize("n_rows", [4, 40])
+@pytest.mark.parametrize("n_rows", [4, 6, 40])
 def test_products_shared_between_threads_write_every_output_once(monkeypatch, n_rows):
     rng = np.random.default_rng(3)
     x, weight = rng.standard_normal((n_rows, 64), dtype=np.float32), rng.standard_normal((1001, 64), dtype=np.float32)
