@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .errors import ModelError
 from .extract import load_graph
 from .lint import BRANCHES, where
 from .observe import Recorder
-from .reference import OnnxReference, _session
+from .reference import OnnxReference
 from .verdict import FACTOR, judge
 from .verify import cache_array
 
@@ -169,15 +168,10 @@ class LocalizingReference(OnnxReference):
         self.modules = modules
         self.tensors = {}
 
-    def session(self, file_name):
-        if file_name not in self._sessions:
-            path = os.path.join(self.onnx_dir, file_name)
-            if not os.path.exists(path):
-                raise ModelError(f"{path}: file not found")
-            encoder_file = file_name == "encoder_model.onnx"
-            serialized, self.tensors[file_name] = instrument(path, self.modules[encoder_file], encoder_file)
-            self._sessions[file_name] = _session(serialized, self.optimize, self.threads, name=path)
-        return self._sessions[file_name]
+    def graph(self, path, file_name):
+        encoder_file = file_name == "encoder_model.onnx"
+        serialized, self.tensors[file_name] = instrument(path, self.modules[encoder_file], encoder_file)
+        return serialized
 
 
 def has_scopes(onnx_dir):

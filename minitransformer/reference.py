@@ -26,8 +26,6 @@ def _session(path, optimize, threads, name=None):
     except ImportError:
         raise ModelError("onnxruntime is not installed: pip install 'minitransformer[crosscheck]'") from None
     name = name or path
-    if isinstance(path, str) and not os.path.exists(path):
-        raise ModelError(f"{path}: file not found")
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -55,8 +53,15 @@ class OnnxReference:
         """The session of an fp32 graph name, or of its `_quantized` twin when this reference is quantized."""
         if file_name not in self._sessions:
             path = os.path.join(self.onnx_dir, graph_file_name(file_name, self.quantized))
-            self._sessions[file_name] = _session(path, self.optimize, self.threads)
+            if not os.path.exists(path):
+                raise ModelError(f"{path}: file not found")
+            self._sessions[file_name] = _session(self.graph(path, file_name), self.optimize, self.threads, name=path)
         return self._sessions[file_name]
+
+    def graph(self, path, file_name):
+        """What ONNX Runtime loads for a graph file: the file itself; a subclass hands over an instrumented copy
+        (serialized) and keeps what it learnt about it under `file_name`."""
+        return path
 
     def encode(self, input_ids, attention_mask):  # [n_batch, n_src] -> [n_batch, n_src, d_model]
         feeds = {"input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)}

@@ -19,17 +19,14 @@ three engines, and the choice itself is judged.
   engine's as the yardstick. A decision can only be taken from a float input that is right to rounding; a wrong
   export fails at the first quantizer whose input it computes wrong, which also localizes the fault.
 """
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import ModelError
-from .extract import graph_file_name
 from .quant import dynamic_quantize
-from .reference import OnnxReference, _session
+from .reference import OnnxReference
 from .verdict import Judgement, judge, rms
 
 # A quantizer's input is often a dequantized product, acc * (a_scale * b_scale): every element shares the float32
@@ -172,15 +169,13 @@ class RoundingReference(OnnxReference):
         super().__init__(onnx_dir, threads=threads, quantized=True)
         self.slots = {}  # {fp32 graph file name: slots of its quantized twin}
 
-    def session(self, file_name):
-        if file_name not in self._sessions:
-            path = os.path.join(self.onnx_dir, graph_file_name(file_name, True))
-            if not os.path.exists(path):
-                raise ModelError(f"{path}: file not found")
-            serialized, self.slots[file_name] = expose_quantizers(path)
-            self._sessions[file_name] = _session(serialized, self.optimize, self.threads, name=path)
+    def graph(self, path, file_name):
+        serialized, self.slots[file_name] = expose_quantizers(path)
+        return serialized
+
+    def session(self, file_name):  # the graph the loop runs now: `quantizers` reads its slots
         self.last_file = file_name
-        return self._sessions[file_name]
+        return super().session(file_name)
 
     def quantizers(self, outputs):
         return quantizers_run(outputs, self.slots[self.last_file])

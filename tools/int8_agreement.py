@@ -70,7 +70,7 @@ def main(names):
         comparison = compare(model, str(FIXTURES / name), recorded["input_ids"], recorded["attention_mask"], 40, layouts)
         within = sum(r.ok for r in comparison.steps)
         quantizer_inputs = [j for _, _, j in comparison.quantizer_judgements()]
-        outputs = [j for _, _, j in comparison.judgements() if not j.name.startswith("quantizer input")]
+        outputs = [comparison.encoder] + [j for report in comparison.steps for j in report.outputs]
         flips = comparison.encoder_followed + sum(r.followed for r in comparison.steps)
         to_ort = ort_delta(model, str(FIXTURES / name), recorded["input_ids"], recorded["attention_mask"])
         delta, agree, tokens, same, rows = parent_agreement(model, parent, recorded)
