@@ -6,9 +6,10 @@ per query, and the weighted sum of values. The bias is broadcast (zero strides, 
 fastmath leaves out nnan/ninf so the finite MASKED value keeps its meaning.
 """
 import functools
-import itertools
+import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 
 import numba
 import numpy as np
@@ -88,14 +89,17 @@ def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head,
 
 # ---------------------------------------------------------------------------------------------- threads
 # The thread policy: minitransformer owns its threads. Its float32 products are numba kernels (the few-row
-# matvec, the many-row gemm, attention), each serial and nogil; BLAS is not on that path (OpenBLAS's own threads
+# matvec, the many-row gemm, attention, the int8 products); BLAS is not on that path (OpenBLAS's own threads
 # hand work over per call and spin while they wait: on a loaded machine a descheduled one stalled the encoder 12x,
-# load average 8 on 2 cores), and numba's parallel=True would start a second pool. Work big enough to share is
-# cut into chunks that the caller and thread_count() - 1 helper threads claim one at a time: a helper the OS does
-# not schedule costs nothing but the chunk it holds, since the caller computes the rest. Work is shared only
-# while the machine has a spare core: on a busy one the hand-off costs more than the second core brings
-# (measured at load average 9 on 2 cores: decode step 35 ms on one thread, 38 ms sharing the lm_head; at load 5:
-# encoder 21.8 ms on one thread, 26.7 ms sharing its products).
+# load average 8 on 2 cores). A product big enough to share runs on numba's pool (`prange`; the omp layer where
+# libgomp is installed hands work over in about 2 us on a quiet machine, where Python helper threads took 20 us,
+# so a decode step's 1 MB matvecs pay for it too): each thread claims chunks of SHARE_CHUNK_BYTES of weight or
+# more, one at a time, until none is left, so a thread the OS runs late costs the chunk it holds, not half the
+# product (the encoder's products beside a busy loop on the other core: 48.6 ms split in halves, 15.8 ms claimed
+# in 8 chunks). Work is shared only while a core is spare (spare_core): the end of each product still waits for
+# every thread, and a whole model loses when another process holds the other core (2 cores, one busy loop beside:
+# encoder 91.7 ms shared against 22.7 ms on one thread, decode step 16.0 against 9.5 ms; quiet: 9.7 against
+# 16.4 ms, and 7.8 against 9.4 ms).
 
 @functools.cache
 def _usable_cores():  # the affinity is read once: a syscall, asked per shared product
@@ -108,54 +112,86 @@ def thread_count():
     return int(value) if value.isdigit() and int(value) > 0 else _usable_cores()
 
 
-def spare_core():
-    """Is a core idle? MINITRANSFORMER_THREADS > 1 says yes; else the 1-minute load average (this process's
-    own running thread included) must leave half a core free."""
-    if os.environ.get("MINITRANSFORMER_THREADS", "").isdigit():
-        return thread_count() > 1
-    return os.getloadavg()[0] < thread_count() - 0.5
+def _busy_seconds(cores):
+    """CPU seconds spent so far, by anything but idle and I/O wait, on these cores (/proc/stat)."""
+    busy = 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *jiffies = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                busy += sum(int(j) for j in jiffies[:8]) - int(jiffies[3]) - int(jiffies[4])  # idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
-class _Helpers:
-    """The helper threads, created on first use, and the chunk-claiming loop."""
+class _SpareCore:
+    """Is a core idle for one more thread of ours? It is while other processes' CPU time on the cores this process
+    may run on leaves 1.5 of thread_count() cores free, averaged since the last look (a look every SAMPLE_SECONDS
+    at most). This process's own time is not counted, so its sharing does not turn itself off (the 1-minute load
+    average counts it: a 2-thread decode on 2 cores raised that past the limit). At the first look, and where
+    /proc/stat cannot be read, the load average (this process's running thread included) must leave half a core
+    free. MINITRANSFORMER_THREADS > 1 says yes."""
+    SAMPLE_SECONDS = 0.25
 
     def __init__(self):
-        self.pool, self.size = None, 0
+        self.looked_at, self.sample, self.spare = -math.inf, None, True  # sample: (time, busy, own) seconds
 
-    def run(self, work, n_items, n_chunks):
-        """work(start, stop) over [0, n_items) cut into n_chunks, by the caller and the helpers. The work must
-        release the GIL (numba nogil kernels) to run in parallel."""
-        n_helpers = min(thread_count(), n_chunks) - 1 if n_chunks > 1 else 0
-        if n_helpers <= 0:
-            work(0, n_items)
-            return
-        if self.size < n_helpers:
-            if self.pool is not None:
-                self.pool.shutdown()
-            self.pool, self.size = ThreadPoolExecutor(n_helpers, thread_name_prefix="minitransformer"), n_helpers
-        claim = itertools.count().__next__  # atomic under the GIL: each chunk is claimed once
-
-        def claim_and_work():
-            chunk = claim()
-            while chunk < n_chunks:
-                work(n_items * chunk // n_chunks, n_items * (chunk + 1) // n_chunks)
-                chunk = claim()
-
-        helpers = [self.pool.submit(claim_and_work) for _ in range(n_helpers)]
-        claim_and_work()
-        for helper in helpers:
-            helper.result()
+    def __call__(self):
+        if os.environ.get("MINITRANSFORMER_THREADS", "").isdigit():
+            return thread_count() > 1
+        now = time.monotonic()
+        if now - self.looked_at < self.SAMPLE_SECONDS:
+            return self.spare
+        try:
+            sample = now, _busy_seconds(os.sched_getaffinity(0)), sum(os.times()[:2])
+        except (OSError, ValueError, IndexError):
+            sample = None
+        if sample is None or self.sample is None:
+            self.spare = os.getloadavg()[0] < thread_count() - 0.5
+        else:
+            (then, busy_then, own_then), (_, busy, own) = self.sample, sample
+            others = ((busy - busy_then) - (own - own_then)) / (now - then)  # cores' worth
+            self.spare = others < thread_count() - 1.5
+        self.looked_at, self.sample = now, sample
+        return self.spare
 
 
-_HELPERS = _Helpers()
+spare_core = _SpareCore()
+
+
+SHARE_CHUNK_BYTES = 2 ** 17  # of weight, at least, per chunk: 128 KB stream in about 5 us, 2.5x a quiet hand-off
+CHUNKS_PER_THREAD = 8        # at most: a late thread's last chunk is at most 1/8 of its share
+_asked = threading.local()   # .n_threads: the numba thread count this thread last set
+
+
+def share(weight_bytes):
+    """(chunks, threads) for a product streaming weight_bytes: chunks of SHARE_CHUNK_BYTES or more, at most
+    CHUNKS_PER_THREAD per thread, two per thread at least; no more threads than thread_count() or numba's pool;
+    (1, 1) unless a core is spare. numba's thread count for the calling thread is set to the threads (a 1 us call,
+    made only on a change; inside a kernel it would stop numba caching the kernel)."""
+    n_chunks = min(CHUNKS_PER_THREAD * thread_count(), weight_bytes // SHARE_CHUNK_BYTES)
+    n_threads = min(thread_count(), numba.config.NUMBA_NUM_THREADS, n_chunks // 2)
+    if n_threads <= 1 or not spare_core():
+        return 1, 1
+    if getattr(_asked, "n_threads", None) != n_threads:
+        numba.set_num_threads(n_threads)
+        _asked.n_threads = n_threads
+    return n_chunks, n_threads
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1, atomically; returns the value before: the next chunk of a shared product is this
+    thread's."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(counter), codegen
 
 
 # ---------------------------------------------------------------------------------------------- linear
 
-MATVEC_MAX_ROWS = 8            # up to this many rows (a decode step, its beams) a linear streams its weight once
-SHARE_MIN_BYTES = 16 * 2 ** 20  # a matvec over a weight this large (an lm_head) is shared between threads
-GEMM_CHUNK = 256               # output features per chunk of a shared product
-GEMM_ROW_BLOCK = 64            # rows per pass over the weight in a product: 64 rows of inputs stay in cache
+MATVEC_MAX_ROWS = 8   # up to this many rows (a decode step, its beams) a linear streams its weight once
+GEMM_ROW_BLOCK = 64   # rows per pass over the weight in a product: 64 rows of inputs stay in cache
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -212,15 +248,28 @@ def _matvec_blocks(x, weight, bias, out, start, stop, with_tail):
 
 def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
     """x Wᵀ + b for a few rows, reading W once; W in HF's [d_out, d_in] layout, in blocks of 4 outputs
-    (_matvec_blocks)."""
+    (_matvec_blocks), shared between threads while a core is spare."""
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
-    n_blocks = weight.shape[0] // 4
-    n_chunks = 8 * thread_count() if weight.nbytes >= SHARE_MIN_BYTES and spare_core() else 1
-    _HELPERS.run(lambda start, stop: _matvec_blocks(x, weight, bias, out, start, stop, stop == n_blocks), n_blocks,
-                 n_chunks)
+    n_chunks, n_threads = share(weight.nbytes)
+    if n_chunks == 1:
+        _matvec_blocks(x, weight, bias, out, 0, weight.shape[0] // 4, True)
+    else:
+        _matvec_shared(x, weight, bias, out, n_chunks, n_threads)
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _matvec_shared(x, weight, bias, out, n_chunks, n_threads):  # _matvec_blocks, chunks of blocks claimed by threads
+    n_blocks = weight.shape[0] // 4
+    claimed = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(n_threads):
+        chunk = claim(claimed)
+        while chunk < n_chunks:
+            _matvec_blocks(x, weight, bias, out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks,
+                           chunk == n_chunks - 1)
+            chunk = claim(claimed)
 
 
 @intrinsic
@@ -301,19 +350,30 @@ def _dots(x, weight, bias, out, r, start, stop):  # out[r, start:stop] = x[r] W[
 
 def gemm(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias [d_out] -> [n_rows, d_out]
     """x Wᵀ + b for many rows (the encoder, teacher forcing) in register tiles (_gemm_tiles: about 1.7x
-    OpenBLAS's sgemm on the encoder's 32-row products here), W in HF's [d_out, d_in] layout as it is stored.
-    While a core is spare, chunks of GEMM_CHUNK output features are claimed by the caller and the helpers."""
+    OpenBLAS's sgemm on the encoder's 32-row products here), W in HF's [d_out, d_in] layout as it is stored;
+    shared between threads, by output features, while a core is spare."""
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    d_out = weight.shape[0]
-    out = np.empty((x.shape[0], d_out), dtype=np.result_type(x, weight))
-    n_tiles = -(-d_out // 4)  # chunks hold whole tiles of 4 outputs
-
-    def work(start, stop):  # tiles [start, stop) -> out[:, 4 start : 4 stop]
-        _gemm_tiles(x, weight, bias, out, 4 * start, min(4 * stop, d_out))
-
-    _HELPERS.run(work, n_tiles, max(1, d_out // GEMM_CHUNK) if spare_core() else 1)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.result_type(x, weight))
+    n_chunks, n_threads = share(weight.nbytes)
+    if n_chunks == 1:
+        _gemm_tiles(x, weight, bias, out, 0, weight.shape[0])
+    else:
+        _gemm_shared(x, weight, bias, out, n_chunks, n_threads)
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _gemm_shared(x, weight, bias, out, n_chunks, n_threads):  # _gemm_tiles, chunks of whole tiles claimed by threads
+    d_out = weight.shape[0]
+    n_tiles = -(-d_out // 4)
+    claimed = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(n_threads):
+        chunk = claim(claimed)
+        while chunk < n_chunks:
+            _gemm_tiles(x, weight, bias, out, 4 * (n_tiles * chunk // n_chunks),
+                        min(4 * (n_tiles * (chunk + 1) // n_chunks), d_out))
+            chunk = claim(claimed)
 
 
 # ---------------------------------------------------------------------------------------------- norms

@@ -262,18 +262,30 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
             i += rows
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                   block_start, block_stop):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                     block_start, block_stop, "vnni")
+                   n_chunks, n_threads):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
+    n_blocks = -(-out.shape[1] // 16)
+    claimed = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(n_threads):  # chunks of output blocks claimed by the threads (kernels.share), or 1 chunk
+        chunk = kernels.claim(claimed)
+        while chunk < n_chunks:
+            _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                             out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, "vnni")
+            chunk = kernels.claim(claimed)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                       block_start, block_stop):
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                     block_start, block_stop, "portable")
+                       n_chunks, n_threads):
+    n_blocks = -(-out.shape[1] // 16)
+    claimed = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(n_threads):  # chunks of output blocks claimed by the threads (kernels.share), or 1 chunk
+        chunk = kernels.claim(claimed)
+        while chunk < n_chunks:
+            _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                             out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, "portable")
+            chunk = kernels.claim(claimed)
 
 
 _PRODUCTS = {"vnni": _products_vnni, "portable": _products_portable}
@@ -286,12 +298,6 @@ def _pack(weight):  # int8 or uint8 [d_out, d_in] -> int8 [n_block * d_in4 * 64]
     padded = np.zeros((16 * n_block, 4 * d_in4), dtype=np.int8)
     padded[:d_out, :d_in] = weight.view(np.int8) if weight.dtype == np.int8 else (weight ^ np.uint8(128)).view(np.int8)
     return np.ascontiguousarray(padded.reshape(n_block, 16, d_in4, 4).transpose(0, 2, 1, 3)).reshape(-1)
-
-
-# threads only pay on a large product: handing out chunks costs tens of microseconds, and much more when a helper
-# is descheduled on a busy machine, so they are used only while a core is spare (kernels.spare_core)
-PARALLEL_MIN_PRODUCTS = 1 << 23  # multiply-adds: an OPUS-MT-size lm_head (33 M per row) and the encoder's products
-                                 # (32 tokens x 0.26 M or 1 M weights), not a decode step's layers (1 M per row)
 
 
 def matmul_integer(a, a_zero, b_t, b_zero):  # a [..., d_in] uint8, b_t [d_out, d_in] -> int32 [..., d_out]
@@ -350,13 +356,9 @@ class QuantizedWeight:
             rows = np.concatenate([rows, np.zeros((rows.shape[0], 4 - d_in % 4), dtype=np.uint8)], axis=1)
         rows, out_rows = np.ascontiguousarray(rows), out.reshape(-1, d_out)  # [n, 4 d_in4], [n, d_out]
         offset = 128 if self.weight.dtype == np.uint8 else 0
-        packed, products = self.packed, _PRODUCTS[INT8_DOT]
-
-        def work(start, stop):  # output blocks [start, stop)
-            products(rows, np.int64(a_zero), packed, d_in, offset, self.zero_points, self.row_sums, x_scale, scales,
-                     bias, out_rows, start, stop)
-        shared = rows.shape[0] * self.weight.size >= PARALLEL_MIN_PRODUCTS and kernels.spare_core()
-        kernels._HELPERS.run(work, -(-d_out // 16), 8 * kernels.thread_count() if shared else 1)
+        n_chunks, n_threads = kernels.share(rows.shape[0] * self.weight.size)  # a multiply-add counted as a byte
+        _PRODUCTS[INT8_DOT](rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points, self.row_sums,
+                            x_scale, scales, bias, out_rows, n_chunks, n_threads)
 
 
 @numba.njit(cache=True)

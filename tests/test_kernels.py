@@ -1,4 +1,8 @@
 """The fast paths against their plain definitions: the few-row linear, cache reorder, the memory-mapped reader."""
+import io
+import os
+
+import numba
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -36,20 +40,87 @@ def test_linear_is_x_wt_plus_b_in_the_inputs_dtype(dtype, n_rows):
 
 @pytest.mark.parametrize("n_rows", [4, 6, 40])
 def test_products_shared_between_threads_write_every_output_once(monkeypatch, n_rows):
+    """The public product forced onto the threads, and its driver with 2 to 16 chunks (of 62 to 500 outputs,
+    boundaries inside the matvec's 4-output blocks' quarters), against the serial kernel."""
     rng = np.random.default_rng(3)
     x, weight = rng.standard_normal((n_rows, 64), dtype=np.float32), rng.standard_normal((1001, 64), dtype=np.float32)
     bias = rng.standard_normal(1001, dtype=np.float32)
     product = kernels.matvec if n_rows <= kernels.MATVEC_MAX_ROWS else kernels.gemm
+    driver = kernels._matvec_shared if product is kernels.matvec else kernels._gemm_shared
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
     alone = product(x, weight, bias)
-    monkeypatch.setattr(kernels, "SHARE_MIN_BYTES", 0)
-    monkeypatch.setattr(kernels, "GEMM_CHUNK", 100)  # 10 chunks of 100 or 101 output features
+    monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1)
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "3")
-    shared = product(x, weight, bias)
+    n_pool = min(3, numba.config.NUMBA_NUM_THREADS)
+    assert kernels.share(weight.nbytes) == ((24, n_pool) if n_pool > 1 else (1, 1))
     exact = x.astype(np.float64) @ weight.T + bias
-    assert (np.abs(shared - exact) <= _dot_bound(x[:, None], weight, np.float32)[:, 0]).all()
-    if product is kernels.matvec:
+    for n_chunks in (None, 2, 3, 16):
+        if n_chunks is None:
+            shared = product(x, weight, bias)
+        else:
+            shared = np.full((n_rows, 1001), np.nan, dtype=np.float32)
+            driver(x, weight, bias, shared, n_chunks, n_pool)
+        assert (np.abs(shared - exact) <= _dot_bound(x[:, None], weight, np.float32)[:, 0]).all()
         np.testing.assert_array_equal(shared, alone)  # the same kernel per output, so the same bits
+
+
+def test_products_are_shared_only_while_a_core_is_spare_in_chunks_of_enough_bytes(monkeypatch):
+    monkeypatch.delenv("MINITRANSFORMER_THREADS", raising=False)
+    monkeypatch.setattr(kernels, "_usable_cores", lambda: 2)
+    n_pool = min(2, numba.config.NUMBA_NUM_THREADS)
+    chunk = kernels.SHARE_CHUNK_BYTES
+    monkeypatch.setattr(kernels, "spare_core", lambda: False)
+    assert kernels.share(2 ** 30) == (1, 1)
+    monkeypatch.setattr(kernels, "spare_core", lambda: True)
+    assert kernels.share(2 ** 30) == ((2 * kernels.CHUNKS_PER_THREAD, 2) if n_pool > 1 else (1, 1))
+    assert kernels.share(4 * chunk - 1) == (1, 1)  # two chunks per thread at least
+    assert kernels.share(4 * chunk) == ((4, 2) if n_pool > 1 else (1, 1))
+    assert kernels.share(7 * chunk + chunk // 2) == ((7, 2) if n_pool > 1 else (1, 1))
+
+
+def test_a_spare_core_is_judged_by_the_other_processes_cpu_time(monkeypatch):
+    """2 cores: spare while other processes take less than half a core since the last look; this process's own
+    time does not count; the first look, and a machine without /proc/stat, go by the load average."""
+    monkeypatch.delenv("MINITRANSFORMER_THREADS", raising=False)
+    monkeypatch.setattr(kernels, "_usable_cores", lambda: 2)
+    now = {"clock": 100.0, "busy": 1000.0, "own": 10.0, "load": 5.0}
+    monkeypatch.setattr(kernels.time, "monotonic", lambda: now["clock"])
+    monkeypatch.setattr(kernels, "_busy_seconds", lambda cores: now["busy"])
+    monkeypatch.setattr(kernels.os, "times", lambda: (now["own"], 0.0, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(kernels.os, "getloadavg", lambda: (now["load"],) * 3)
+    spare_core = kernels._SpareCore()
+    assert not spare_core()                                      # first look: load average 5
+    now.update(clock=101.0, busy=1002.4, own=12.0, load=9.0)     # 2 cores' worth ours, 0.4 others'
+    assert spare_core()
+    now.update(clock=101.2, busy=1100.0)                         # within SAMPLE_SECONDS: no new look
+    assert spare_core()
+    now.update(clock=102.0, busy=1004.0, own=13.0)               # since 101.0: 1 ours, 0.6 others'
+    assert not spare_core()
+    now.update(clock=103.0, busy=1005.49, own=14.0)              # 0.49 others'
+    assert spare_core()
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")           # the count set: shared whatever the load
+    now.update(clock=104.0, busy=1007.0)
+    assert spare_core()
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    assert not spare_core()
+    monkeypatch.delenv("MINITRANSFORMER_THREADS")
+
+    def unreadable(cores):
+        raise OSError("no /proc/stat")
+    monkeypatch.setattr(kernels, "_busy_seconds", unreadable)
+    for load, spare in ((1.4, True), (1.6, False)):
+        now.update(clock=now["clock"] + 1.0, load=load)
+        assert spare_core() == spare
+
+
+def test_busy_seconds_reads_the_cores_asked_for(tmp_path, monkeypatch):
+    stat = "cpu  50 0 50 900 0 0 0 0 0 0\ncpu0 10 1 2 300 4 5 6 7 8 9\ncpu1 40 0 48 600 0 0 0 0 0 0\nintr 5\n"
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(stat) if path == "/proc/stat"
+                        else real_open(path, *a, **k))
+    tick = os.sysconf("SC_CLK_TCK")
+    assert kernels._busy_seconds({0}) == (10 + 1 + 2 + 5 + 6 + 7) / tick  # not idle (300) nor iowait (4), nor guest
+    assert kernels._busy_seconds({0, 1}) == (31 + 88) / tick
 
 
 def test_attention_reads_a_cache_view_without_copying_it():

@@ -16,7 +16,7 @@ from minitransformer.cli import main
 from minitransformer.errors import ModelError
 from minitransformer.extract import extract, write_extracted
 from minitransformer.families import spec_from_config, tie_groups
-from minitransformer import quant
+from minitransformer import kernels, quant
 from minitransformer.quant import dynamic_quantize, integer_product, matmul_integer
 from minitransformer.rounding import Follower, OrtQuantizer, judge_quantizers
 from minitransformer.verify import compare
@@ -337,7 +337,7 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows,
     over two blocks, and one), a last block of 8 or 14 of 16 outputs, inputs padded to a multiple of 4, zero points
     per tensor and per row, extreme values: against int64 numpy."""
     monkeypatch.setattr(quant, "INT8_DOT", instruction)
-    monkeypatch.setattr(quant, "PARALLEL_MIN_PRODUCTS", 0 if threaded else 1 << 62)
+    monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1 if threaded else 1 << 62)
     monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # threads shared out even on a busy machine
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
