@@ -106,10 +106,14 @@ def _usable_cores():  # the affinity is read once: a syscall, asked per shared p
     return len(os.sched_getaffinity(0))
 
 
+def _threads_asked():  # MINITRANSFORMER_THREADS, a count > 0, or None
+    value = os.environ.get("MINITRANSFORMER_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def thread_count():
     """MINITRANSFORMER_THREADS, else the cores this process may run on."""
-    value = os.environ.get("MINITRANSFORMER_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else _usable_cores()
+    return _threads_asked() or _usable_cores()
 
 
 def _busy_seconds(cores):
@@ -129,15 +133,13 @@ class _SpareCore:
     at most). This process's own time is not counted, so its sharing does not turn itself off (the 1-minute load
     average counts it: a 2-thread decode on 2 cores raised that past the limit). At the first look, and where
     /proc/stat cannot be read, the load average (this process's running thread included) must leave half a core
-    free. MINITRANSFORMER_THREADS > 1 says yes."""
+    free."""
     SAMPLE_SECONDS = 0.25
 
     def __init__(self):
         self.looked_at, self.sample, self.spare = -math.inf, None, True  # sample: (time, busy, own) seconds
 
     def __call__(self):
-        if os.environ.get("MINITRANSFORMER_THREADS", "").isdigit():
-            return thread_count() > 1
         now = time.monotonic()
         if now - self.looked_at < self.SAMPLE_SECONDS:
             return self.spare
@@ -160,21 +162,23 @@ spare_core = _SpareCore()
 
 SHARE_CHUNK_BYTES = 2 ** 17  # of weight, at least, per chunk: 128 KB stream in about 5 us, 2.5x a quiet hand-off
 CHUNKS_PER_THREAD = 8        # at most: a late thread's last chunk is at most 1/8 of its share
-_asked = threading.local()   # .n_threads: the numba thread count this thread last set
+_numba_threads = threading.local()  # .n_threads: the numba thread count this thread last set
 
 
 def share(weight_bytes):
     """(chunks, threads) for a product streaming weight_bytes: chunks of SHARE_CHUNK_BYTES or more, at most
     CHUNKS_PER_THREAD per thread, two per thread at least; no more threads than thread_count() or numba's pool;
-    (1, 1) unless a core is spare. numba's thread count for the calling thread is set to the threads (a 1 us call,
-    made only on a change; inside a kernel it would stop numba caching the kernel)."""
-    n_chunks = min(CHUNKS_PER_THREAD * thread_count(), weight_bytes // SHARE_CHUNK_BYTES)
-    n_threads = min(thread_count(), numba.config.NUMBA_NUM_THREADS, n_chunks // 2)
-    if n_threads <= 1 or not spare_core():
+    (1, 1) unless MINITRANSFORMER_THREADS is set or a core is spare. numba's thread count for the calling thread
+    is set to the threads (a 1 us call, made only on a change; inside a kernel it would stop numba caching it)."""
+    asked = _threads_asked()
+    n_cores = asked or _usable_cores()
+    n_chunks = min(CHUNKS_PER_THREAD * n_cores, weight_bytes // SHARE_CHUNK_BYTES)
+    n_threads = min(n_cores, numba.config.NUMBA_NUM_THREADS, n_chunks // 2)
+    if n_threads <= 1 or (asked is None and not spare_core()):
         return 1, 1
-    if getattr(_asked, "n_threads", None) != n_threads:
+    if getattr(_numba_threads, "n_threads", None) != n_threads:
         numba.set_num_threads(n_threads)
-        _asked.n_threads = n_threads
+        _numba_threads.n_threads = n_threads
     return n_chunks, n_threads
 
 

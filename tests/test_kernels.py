@@ -71,6 +71,11 @@ def test_products_are_shared_only_while_a_core_is_spare_in_chunks_of_enough_byte
     chunk = kernels.SHARE_CHUNK_BYTES
     monkeypatch.setattr(kernels, "spare_core", lambda: False)
     assert kernels.share(2 ** 30) == (1, 1)
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # the count set: shared whatever the load
+    assert kernels.share(2 ** 30) == ((16, 2) if n_pool > 1 else (1, 1))
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    assert kernels.share(2 ** 30) == (1, 1)
+    monkeypatch.delenv("MINITRANSFORMER_THREADS")
     monkeypatch.setattr(kernels, "spare_core", lambda: True)
     assert kernels.share(2 ** 30) == ((2 * kernels.CHUNKS_PER_THREAD, 2) if n_pool > 1 else (1, 1))
     assert kernels.share(4 * chunk - 1) == (1, 1)  # two chunks per thread at least
@@ -98,12 +103,6 @@ def test_a_spare_core_is_judged_by_the_other_processes_cpu_time(monkeypatch):
     assert not spare_core()
     now.update(clock=103.0, busy=1005.49, own=14.0)              # 0.49 others'
     assert spare_core()
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")           # the count set: shared whatever the load
-    now.update(clock=104.0, busy=1007.0)
-    assert spare_core()
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
-    assert not spare_core()
-    monkeypatch.delenv("MINITRANSFORMER_THREADS")
 
     def unreadable(cores):
         raise OSError("no /proc/stat")
