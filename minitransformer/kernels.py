@@ -22,8 +22,9 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _attend_loops(q, k, v, n_k, bias, scale, out):
-    # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read.
+def _attend_heads(q, k, v, n_k, bias, scale, out, start, stop):
+    # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read. Heads [start, stop) of the
+    # n_batch * n_head, in order (b, h), are computed.
     # Per head: the scores q kᵀ as a product in register tiles (_gemm_tiles, the keys as its weight rows), a safe
     # softmax per query, then the weighted sum of values. With 4 queries or more (the encoder, teacher forcing)
     # that sum is a tiled product too, over v transposed; a decode step's query adds p v row by row.
@@ -32,44 +33,62 @@ def _attend_loops(q, k, v, n_k, bias, scale, out):
     zero = q.dtype.type(0)
     scores = np.empty((n_tgt, n_k), dtype=q.dtype)         # one head's, then its probabilities
     values_t = np.empty((d_head, n_k), dtype=q.dtype)      # one head's v transposed
-    for b in range(n_batch):
-        for h in range(n_head):
-            _gemm_tiles(q[b, h], k[b, h], None, scores, 0, n_k)  # [n_tgt, n_k]
-            for i in range(n_tgt):
-                row_max = scores[i, 0] * scale + bias[b, h, i, 0]
-                for j in range(n_k):
-                    scores[i, j] = scores[i, j] * scale + bias[b, h, i, j]
-                    row_max = max(row_max, scores[i, j])
-                total = zero
-                for j in range(n_k):
-                    scores[i, j] = np.exp(scores[i, j] - row_max)
-                    total += scores[i, j]
-                for j in range(n_k):
-                    scores[i, j] /= total
-            if n_tgt >= 4:
-                for j in range(n_k):
-                    for e in range(d_head):
-                        values_t[e, j] = v[b, h, j, e]
-                _gemm_tiles(scores, values_t, None, out[b, h], 0, d_head)  # [n_tgt, d_head]
-                continue
-            for i in range(n_tgt):
+    for head in range(start, stop):
+        b, h = head // n_head, head % n_head
+        _gemm_tiles(q[b, h], k[b, h], None, scores, 0, n_k)  # [n_tgt, n_k]
+        for i in range(n_tgt):
+            row_max = scores[i, 0] * scale + bias[b, h, i, 0]
+            for j in range(n_k):
+                scores[i, j] = scores[i, j] * scale + bias[b, h, i, j]
+                row_max = max(row_max, scores[i, j])
+            total = zero
+            for j in range(n_k):
+                scores[i, j] = np.exp(scores[i, j] - row_max)
+                total += scores[i, j]
+            for j in range(n_k):
+                scores[i, j] /= total
+        if n_tgt >= 4:
+            for j in range(n_k):
                 for e in range(d_head):
-                    out[b, h, i, e] = zero
-                for j in range(n_k):
-                    p = scores[i, j]
-                    for e in range(d_head):
-                        out[b, h, i, e] += p * v[b, h, j, e]
+                    values_t[e, j] = v[b, h, j, e]
+            _gemm_tiles(scores, values_t, None, out[b, h], 0, d_head)  # [n_tgt, d_head]
+            continue
+        for i in range(n_tgt):
+            for e in range(d_head):
+                out[b, h, i, e] = zero
+            for j in range(n_k):
+                p = scores[i, j]
+                for e in range(d_head):
+                    out[b, h, i, e] += p * v[b, h, j, e]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _attend_shared(q, k, v, n_k, bias, scale, out, n_chunks, n_threads):  # _attend_heads, chunks claimed by threads
+    n_heads = q.shape[0] * q.shape[1]
+    claimed = np.zeros(1, dtype=np.int64)
+    for _ in numba.prange(n_threads):
+        chunk = claim(claimed)
+        while chunk < n_chunks:
+            _attend_heads(q, k, v, n_k, bias, scale, out, n_heads * chunk // n_chunks, n_heads * (chunk + 1) // n_chunks)
+            chunk = claim(claimed)
 
 
 def attend(q, k, v, bias, scale):
     # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
-    n_batch, n_head, n_tgt, _ = q.shape
+    n_batch, n_head, n_tgt, d_head = q.shape
     n_k = k.shape[2]
     bias = np.broadcast_to(np.asarray(bias, dtype=q.dtype), (n_batch, n_head, n_tgt, n_k))
     # C-order arrays let LLVM vectorize the loops: head-split projections are copied, cache views are not
     q, k, v = np.ascontiguousarray(q), _dense_rows(k), _dense_rows(v)
     out = np.empty(q.shape, dtype=q.dtype)
-    _attend_loops(q, k, v, n_k, bias, q.dtype.type(scale), out)
+    # shared by heads, its cost counted as the bytes of k and v read plus the multiply-adds (each as a byte)
+    cost = n_batch * n_head * n_k * d_head * (2 * q.itemsize + 2 * n_tgt)
+    n_chunks, n_threads = share(cost)
+    if n_chunks == 1:
+        _attend_heads(q, k, v, n_k, bias, q.dtype.type(scale), out, 0, n_batch * n_head)
+    else:
+        n_chunks = min(n_chunks, n_batch * n_head)
+        _attend_shared(q, k, v, n_k, bias, q.dtype.type(scale), out, n_chunks, min(n_threads, n_chunks))
     return out
 
 

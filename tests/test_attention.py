@@ -101,3 +101,23 @@ def test_sinusoid_table_halves_sin_then_cos():
     angles = [3 / 10000 ** (0 / 6), 3 / 10000 ** (2 / 6), 3 / 10000 ** (4 / 6)]
     assert_within_rounding(table[3, :3], np.sin(angles), 1.0)  # computed in float64, rounded once to float32
     assert_within_rounding(table[3, 3:], np.cos(angles), 1.0)
+
+
+@pytest.mark.parametrize("n_tgt", [1, 5])
+def test_heads_shared_between_threads_give_the_serial_bits(monkeypatch, n_tgt):
+    """The kernel forced onto the threads (heads in chunks across batch rows: 3 x 5 heads in 2, 4 or 15 chunks),
+    the same per-head arithmetic as one thread, so the same bits; the serial result agrees with the reference."""
+    rng = np.random.default_rng(n_tgt)
+    q, k, v = _random_qkv(rng, 3, 5, n_tgt, 11, 8)
+    bias = attention.causal_bias(11 - n_tgt, n_tgt)
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    alone = kernels.attend(q, k, v, bias, 0.3)
+    assert_kernel_agrees(q, k, v, bias, 0.3)
+    monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1)
+    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")
+    np.testing.assert_array_equal(kernels.attend(q, k, v, bias, 0.3), alone)
+    full_bias = np.broadcast_to(np.asarray(bias, np.float32), (3, 5, n_tgt, 11))
+    for n_chunks in (2, 4, 15):
+        shared = np.full_like(alone, np.nan)
+        kernels._attend_shared(q, k, v, 11, full_bias, np.float32(0.3), shared, n_chunks, 2)
+        np.testing.assert_array_equal(shared, alone)
