@@ -35,8 +35,8 @@ Threads: --threads N sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS
 os.environ before numpy is first imported (this file imports numpy only inside main()), and gives ONNX Runtime
 intra_op_num_threads=N. A value already present in the environment wins over --threads for numpy. When N is
 not the number of usable cores it sets MINITRANSFORMER_THREADS=N too; at the default (2 on a 2-core machine)
-minitransformer runs its own policy: BLAS on one thread inside its calls, helper threads claiming chunks, and a
-matvec shared only while the load average leaves a core spare (minitransformer/kernels.py).
+minitransformer runs its own policy: BLAS off its float32 path, products shared on numba's pool (threads
+claiming chunks) only while other processes leave a core spare (minitransformer/kernels.py).
 
 Usage:
   python tools/bench.py                       # build once (~2 min), then benchmark + profile (~3-5 min)
