@@ -262,30 +262,34 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
             i += rows
 
 
+@numba.njit(cache=True, nogil=True)
+def _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                      claimed, n_chunks, instruction):
+    # _packed_products over chunks of output blocks, claimed one at a time until none is left (kernels.claim)
+    n_blocks = -(-out.shape[1] // 16)
+    chunk = kernels.claim(claimed)
+    while chunk < n_chunks:
+        _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                         n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, instruction)
+        chunk = kernels.claim(claimed)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                    n_chunks, n_threads):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
-    n_blocks = -(-out.shape[1] // 16)
     claimed = np.zeros(1, dtype=np.int64)
-    for _ in numba.prange(n_threads):  # chunks of output blocks claimed by the threads (kernels.share), or 1 chunk
-        chunk = kernels.claim(claimed)
-        while chunk < n_chunks:
-            _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
-                             out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, "vnni")
-            chunk = kernels.claim(claimed)
+    for _ in numba.prange(n_threads):  # the threads of kernels.share, or 1
+        _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                          claimed, n_chunks, "vnni")
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                        n_chunks, n_threads):
-    n_blocks = -(-out.shape[1] // 16)
     claimed = np.zeros(1, dtype=np.int64)
-    for _ in numba.prange(n_threads):  # chunks of output blocks claimed by the threads (kernels.share), or 1 chunk
-        chunk = kernels.claim(claimed)
-        while chunk < n_chunks:
-            _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
-                             out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, "portable")
-            chunk = kernels.claim(claimed)
+    for _ in numba.prange(n_threads):
+        _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                          claimed, n_chunks, "portable")
 
 
 _PRODUCTS = {"vnni": _products_vnni, "portable": _products_portable}
