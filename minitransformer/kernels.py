@@ -69,7 +69,8 @@ def _attend_shared(q, k, v, n_k, bias, scale, out, n_chunks, n_threads):  # _att
     for _ in numba.prange(n_threads):
         chunk = claim(claimed)
         while chunk < n_chunks:
-            _attend_heads(q, k, v, n_k, bias, scale, out, n_heads * chunk // n_chunks, n_heads * (chunk + 1) // n_chunks)
+            _attend_heads(q, k, v, n_k, bias, scale, out, n_heads * chunk // n_chunks,
+                          n_heads * (chunk + 1) // n_chunks)
             chunk = claim(claimed)
 
 
