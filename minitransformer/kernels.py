@@ -89,7 +89,7 @@ def attend(q, k, v, bias, scale):
         _attend_heads(q, k, v, n_k, bias, q.dtype.type(scale), out, 0, n_batch * n_head)
     else:
         n_chunks = min(n_chunks, n_batch * n_head)
-        _attend_shared(q, k, v, n_k, bias, q.dtype.type(scale), out, n_chunks, min(n_threads, n_chunks))
+        on_pool(_attend_shared, q, k, v, n_k, bias, q.dtype.type(scale), out, n_chunks, min(n_threads, n_chunks))
     return out
 
 
@@ -202,6 +202,23 @@ def share(weight_bytes):
     return n_chunks, n_threads
 
 
+_launch_lock = threading.Lock()
+
+
+def on_pool(kernel, *args):
+    """kernel(*args), a prange kernel, on numba's pool. The omp and tbb layers take launches from several threads
+    at once; the workqueue layer (numba's fallback where neither libgomp nor TBB is installed) aborts the process
+    then, so there launches from different threads (two generate calls in a server) wait for each other."""
+    try:
+        concurrent_launches = numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no prange kernel has run yet: the layer is chosen at the first
+        concurrent_launches = False
+    if concurrent_launches:
+        return kernel(*args)
+    with _launch_lock:
+        return kernel(*args)
+
+
 @intrinsic
 def claim(typingctx, counter):
     """counter[0] += 1, atomically; returns the value before: the next chunk of a shared product is this
@@ -280,7 +297,7 @@ def matvec(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bia
     if n_chunks == 1:
         _matvec_blocks(x, weight, bias, out, 0, weight.shape[0] // 4, True)
     else:
-        _matvec_shared(x, weight, bias, out, n_chunks, n_threads)
+        on_pool(_matvec_shared, x, weight, bias, out, n_chunks, n_threads)
     return out
 
 
@@ -383,7 +400,7 @@ def gemm(x, weight, bias=None):  # x [n_rows, d_in], weight [d_out, d_in], bias 
     if n_chunks == 1:
         _gemm_tiles(x, weight, bias, out, 0, weight.shape[0])
     else:
-        _gemm_shared(x, weight, bias, out, n_chunks, n_threads)
+        on_pool(_gemm_shared, x, weight, bias, out, n_chunks, n_threads)
     return out
 
 

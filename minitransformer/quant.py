@@ -361,8 +361,8 @@ class QuantizedWeight:
         rows, out_rows = np.ascontiguousarray(rows), out.reshape(-1, d_out)  # [n, 4 d_in4], [n, d_out]
         offset = 128 if self.weight.dtype == np.uint8 else 0
         n_chunks, n_threads = kernels.share(rows.shape[0] * self.weight.size)  # a multiply-add counted as a byte
-        _PRODUCTS[INT8_DOT](rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points, self.row_sums,
-                            x_scale, scales, bias, out_rows, n_chunks, n_threads)
+        kernels.on_pool(_PRODUCTS[INT8_DOT], rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points,
+                        self.row_sums, x_scale, scales, bias, out_rows, n_chunks, n_threads)
 
 
 @numba.njit(cache=True)

@@ -1,6 +1,8 @@
 """The fast paths against their plain definitions: the few-row linear, cache reorder, the memory-mapped reader."""
 import io
 import os
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -12,6 +14,8 @@ from minitransformer.cache import KVCache
 from minitransformer.errors import ModelError
 from minitransformer.ops import layer_norm, linear
 from minitransformer.weights import read_safetensors
+
+from conftest import FIXTURES
 
 
 def _dot_bound(x, weight, dtype):
@@ -234,3 +238,40 @@ def test_same_bits_sees_one_difference_anywhere_in_long_arrays():
             changed = transposed.copy(order="F")
             changed[row, column] = np.nextafter(changed[row, column], np.float32(np.inf))
             assert not kernels.same_bits(matrix, changed) and not kernels.same_bits(changed, matrix), (row, column)
+
+
+_CONCURRENT_GENERATES = """
+import sys, threading
+import numpy as np
+import minitransformer as mt
+from minitransformer import kernels
+kernels.SHARE_CHUNK_BYTES = 1  # every product on the pool, split into chunks
+model = mt.load(sys.argv[1])
+src = np.random.default_rng(0).integers(4, model.spec.n_vocab - 1, size=(2, 9))
+alone = model.generate(src, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+results = []
+def work():
+    results.append(model.generate(src, max_new_tokens=6, min_new_tokens=6, num_beams=2))
+threads = [threading.Thread(target=work) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert len(results) == 3 and all(np.array_equal(r, alone) for r in results), results
+import numba
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("layer, name", [("default", "marian-opus"), ("workqueue", "marian-opus"),
+                                         ("workqueue", "marian-opus-int8-tensor")])
+def test_generates_from_several_threads_at_once(layer, name):
+    """Three threads generate at once with every product shared; each gets the one-thread tokens. On numba's
+    default layer (omp here) launches run side by side; the workqueue layer (no libgomp, no TBB) aborts the process
+    when two threads launch prange kernels at once, and kernels.on_pool makes them take turns there."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer, "MINITRANSFORMER_THREADS": "2"}
+    run = subprocess.run([sys.executable, "-c", _CONCURRENT_GENERATES, str(FIXTURES / name)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    chosen = run.stdout.split()[-1]
+    assert chosen == layer if layer != "default" else chosen in ("omp", "tbb", "workqueue")
