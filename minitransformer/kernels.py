@@ -188,8 +188,11 @@ _numba_threads = threading.local()  # .n_threads: the numba thread count this th
 def share(weight_bytes):
     """(chunks, threads) for a product streaming weight_bytes: chunks of SHARE_CHUNK_BYTES or more, at most
     CHUNKS_PER_THREAD per thread, two per thread at least; no more threads than thread_count() or numba's pool;
-    (1, 1) unless MINITRANSFORMER_THREADS is set or a core is spare. numba's thread count for the calling thread
-    is set to the threads (a 1 us call, made only on a change; inside a kernel it would stop numba caching it)."""
+    (1, 1) unless MINITRANSFORMER_THREADS is set or a core is spare, and in a fork of a process that used the pool.
+    numba's thread count for the calling thread is set to the threads (a 1 us call, made only on a change; inside a
+    kernel it would stop numba caching it)."""
+    if _POOL.inherited:
+        return 1, 1
     asked = _threads_asked()
     n_cores = asked or _usable_cores()
     n_chunks = min(CHUNKS_PER_THREAD * n_cores, weight_bytes // SHARE_CHUNK_BYTES)
@@ -202,21 +205,40 @@ def share(weight_bytes):
     return n_chunks, n_threads
 
 
-_launch_lock = threading.Lock()
+class _Pool:
+    """numba's thread pool as this process may use it. The omp and tbb layers take launches from several threads
+    at once; the workqueue layer (numba's fallback where neither libgomp nor TBB is installed) aborts the process
+    then, so there launches from different threads (two generate calls in a server) take turns. GNU OpenMP's
+    threads do not survive a fork: numba terminates a forked child that launches work on a pool its parent used,
+    so such a child computes on its own thread (share says 1)."""
+
+    def __init__(self):
+        self.used = False              # this process has launched work on the pool
+        self.inherited = False         # this process is a fork of one that had
+        self.launch_lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self):
+        self.inherited = self.inherited or self.used
+
+    def launch(self, kernel, *args):
+        self.used = True
+        try:
+            concurrent_launches = numba.threading_layer() in ("omp", "tbb")
+        except ValueError:  # no prange kernel has run yet: the layer is chosen at the first
+            concurrent_launches = False
+        if concurrent_launches:
+            return kernel(*args)
+        with self.launch_lock:
+            return kernel(*args)
+
+
+_POOL = _Pool()
 
 
 def on_pool(kernel, *args):
-    """kernel(*args), a prange kernel, on numba's pool. The omp and tbb layers take launches from several threads
-    at once; the workqueue layer (numba's fallback where neither libgomp nor TBB is installed) aborts the process
-    then, so there launches from different threads (two generate calls in a server) wait for each other."""
-    try:
-        concurrent_launches = numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no prange kernel has run yet: the layer is chosen at the first
-        concurrent_launches = False
-    if concurrent_launches:
-        return kernel(*args)
-    with _launch_lock:
-        return kernel(*args)
+    """kernel(*args), a prange kernel that share() gave more than one thread, on numba's pool (_Pool)."""
+    return _POOL.launch(kernel, *args)
 
 
 @intrinsic

@@ -278,7 +278,7 @@ def _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_s
 def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                    n_chunks, n_threads):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
     claimed = np.zeros(1, dtype=np.int64)
-    for _ in numba.prange(n_threads):  # the threads of kernels.share, or 1
+    for _ in numba.prange(n_threads):  # the threads of kernels.share
         _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                           claimed, n_chunks, "vnni")
 
@@ -292,7 +292,21 @@ def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_
                           claimed, n_chunks, "portable")
 
 
-_PRODUCTS = {"vnni": _products_vnni, "portable": _products_portable}
+@numba.njit(cache=True, nogil=True)
+def _products_vnni_alone(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out):
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                     0, -(-out.shape[1] // 16), "vnni")
+
+
+@numba.njit(cache=True, nogil=True)
+def _products_portable_alone(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                             out):
+    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+                     0, -(-out.shape[1] // 16), "portable")
+
+
+_PRODUCTS = {"vnni": (_products_vnni_alone, _products_vnni),  # (on the calling thread, on numba's pool)
+             "portable": (_products_portable_alone, _products_portable)}
 
 
 def _pack(weight):  # int8 or uint8 [d_out, d_in] -> int8 [n_block * d_in4 * 64], n_block = ceil(d_out / 16)
@@ -361,8 +375,13 @@ class QuantizedWeight:
         rows, out_rows = np.ascontiguousarray(rows), out.reshape(-1, d_out)  # [n, 4 d_in4], [n, d_out]
         offset = 128 if self.weight.dtype == np.uint8 else 0
         n_chunks, n_threads = kernels.share(rows.shape[0] * self.weight.size)  # a multiply-add counted as a byte
-        kernels.on_pool(_PRODUCTS[INT8_DOT], rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points,
-                        self.row_sums, x_scale, scales, bias, out_rows, n_chunks, n_threads)
+        alone, shared = _PRODUCTS[INT8_DOT]
+        arguments = (rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points, self.row_sums, x_scale,
+                     scales, bias, out_rows)
+        if n_chunks == 1:
+            alone(*arguments)
+        else:
+            kernels.on_pool(shared, *arguments, n_chunks, n_threads)
 
 
 @numba.njit(cache=True)

@@ -275,3 +275,35 @@ def test_generates_from_several_threads_at_once(layer, name):
     assert run.returncode == 0, run.stderr[-2000:]
     chosen = run.stdout.split()[-1]
     assert chosen == layer if layer != "default" else chosen in ("omp", "tbb", "workqueue")
+
+
+_FORKED_GENERATES = """
+import os, sys
+import numpy as np
+import minitransformer as mt
+from minitransformer import kernels
+kernels.SHARE_CHUNK_BYTES = 1  # every product on the pool, split into chunks
+models = [mt.load(path) for path in sys.argv[1:]]
+src = np.random.default_rng(0).integers(4, 60, size=(2, 9))
+before = [model.generate(src, max_new_tokens=6, min_new_tokens=6) for model in models]
+pid = os.fork()
+if pid == 0:
+    shared = kernels.share(2 ** 30)
+    after = [model.generate(src, max_new_tokens=6, min_new_tokens=6) for model in models]
+    os._exit(0 if shared == (1, 1) and all(np.array_equal(a, b) for a, b in zip(after, before)) else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), "parent shares", kernels.share(2 ** 30))
+"""
+
+
+def test_a_forked_child_generates_on_its_own_thread():
+    """GNU OpenMP's threads do not survive a fork: numba terminates a child that launches work on a pool its parent
+    used. A fork of a process that shared its products computes on one thread, float and int8, and gets the same
+    tokens; the parent goes on sharing."""
+    env = {**os.environ, "MINITRANSFORMER_THREADS": "2"}
+    paths = [str(FIXTURES / name) for name in ("marian-opus", "marian-opus-int8-tensor")]
+    run = subprocess.run([sys.executable, "-c", _FORKED_GENERATES, *paths], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    n_pool = min(2, numba.config.NUMBA_NUM_THREADS)
+    assert run.stdout.split() == ["child", "0", "parent", "shares", *str((16, 2) if n_pool > 1 else (1, 1)).split()]
