@@ -348,6 +348,13 @@ def median_ms(values):
     return 1e3 * statistics.median(values) if values else float("nan")
 
 
+# ONNX Runtime's pool threads spin on for tens of milliseconds after a run and take the second core from whatever
+# runs next in the process (our 2-thread encoder right after an ORT encoder run: 21.2 ms; 20 ms later 20.8 ms;
+# 200 ms later 10.4 ms; on one thread 17.2-17.3 ms throughout): each engine's turn starts after this pause, as for a
+# user who runs one engine
+SETTLE_S = 0.3
+
+
 def bench_decode(engines, step_ids, reps, budget):
     """Interleaved repetitions: rep r runs the engines in an order rotated by r. -> per-engine raw times."""
     import numpy as np
@@ -358,9 +365,8 @@ def bench_decode(engines, step_ids, reps, budget):
     began = time.perf_counter()
     for rep in range(reps):
         for e in engines[rep % len(engines):] + engines[:rep % len(engines)]:
-            # untimed, so that what ran just before the clock starts is this engine, as for a user of one engine:
-            # ONNX Runtime's pool threads spin on after a run and slowed the next engine's encoder 17-25%
-            e.encode()
+            time.sleep(SETTLE_S)
+            e.encode()  # untimed, so that what ran just before the clock starts is this engine
             t0 = time.perf_counter()
             hidden = e.encode()
             r = raw[e.name]
@@ -403,6 +409,7 @@ def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=(), al
     began = time.perf_counter()
     for rep in range(reps):
         for name, run in jobs[rep % len(jobs):] + jobs[:rep % len(jobs)]:
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             out = run()
             raw.setdefault(name, []).append((time.perf_counter() - t0) / (out.shape[1] - 1))
