@@ -1,4 +1,5 @@
-"""The fast paths against their plain definitions: the few-row linear, cache reorder, the memory-mapped reader."""
+"""The fast paths against their plain definitions (the few-row linear, cache reorder, the memory-mapped reader) and
+the thread policy: products shared on numba's pool, the spare-core test, launches from several threads and forks."""
 import io
 import os
 import subprocess
