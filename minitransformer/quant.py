@@ -207,11 +207,12 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
     for i in range(n):
         for k in range(width):
             a_sums[i] += a[i, k]
-    zero_shifts = np.empty(d_out, dtype=np.int32)    # [d_out] zero - offset
-    column_terms = np.empty(d_out, dtype=np.int32)   # [d_out] d_in a_zero zero - a_zero sum w
-    for j in range(d_out):
-        zero_shifts[j] = zero_points[j] - weight_offset
-        column_terms[j] = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
+    j_start, j_stop = 16 * block_start, min(16 * block_stop, d_out)  # the outputs computed here
+    zero_shifts = np.empty(j_stop - j_start, dtype=np.int32)    # [outputs] zero - offset
+    column_terms = np.empty(j_stop - j_start, dtype=np.int32)   # [outputs] d_in a_zero zero - a_zero sum w
+    for j in range(j_start, j_stop):
+        zero_shifts[j - j_start] = zero_points[j] - weight_offset
+        column_terms[j - j_start] = d_in * a_zero * zero_points[j] - a_zero * row_sums[j]
     sums = np.empty(8 * 32, dtype=np.int32)          # [rows of a pass, 32 outputs]
     values = np.empty(32, dtype=out.dtype)           # one row of a pass's outputs
     for block in range(block_start, block_stop, 2):
@@ -240,7 +241,8 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
             else:
                 _dot1x1(flat, start, width, packed, at, n_k4, sums, instruction)
             # the fold, the Cast into out's dtype, the Mul and the Add, over slices so that the loops vectorize
-            shifts, terms = zero_shifts[j0:j0 + n_j], column_terms[j0:j0 + n_j]
+            here = j0 - j_start
+            shifts, terms = zero_shifts[here:here + n_j], column_terms[here:here + n_j]
             row_width = 32 if pair else 16
             for r in range(rows):
                 row, a_sum = out[i + r, j0:j0 + n_j], a_sums[i + r]
