@@ -190,23 +190,20 @@ _dot8x1, _dot4x1, _dot2x1, _dot1x1 = (_make_dot_block(n, 1) for n in (8, 4, 2, 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                     block_start, block_stop, instruction):
-    # a [n, 4 d_in4] uint8 (zero padded), packed int8 [n_block * d_in4 * 64] (`_pack`), zero_points, row_sums [d_out]
-    # int32 -> out[:, 16 block_start:16 block_stop] = (a - a_zero)(w - zero_points), the zero points folded out:
-    # sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset the packed integers (offset
-    # 128 for uint8 weights, 0 for int8). Passes of 8, 4, 2, 1 rows over two blocks of 16 outputs (one at the end).
-    # out int32 (x_scale, scales and bias None): MatMulInteger. out float: the graph's Cast, Mul by x_scale * scales
-    # [d_out] (W's) and Add of bias [d_out] (or None), each rounded to out's dtype as the graph's ops round.
+def _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                     out, block_start, block_stop, instruction):
+    # a [n, 4 d_in4] uint8 (zero padded), a_sums [n] its row sums, packed int8 [n_block * d_in4 * 64] (`_pack`),
+    # zero_points, row_sums [d_out] int32 -> out[:, 16 block_start:16 block_stop] = (a - a_zero)(w - zero_points),
+    # the zero points folded out: sum a w' - (zero - offset) sum a - a_zero sum w + d_in a_zero zero, w' = w - offset
+    # the packed integers (offset 128 for uint8 weights, 0 for int8). Passes of 8, 4, 2, 1 rows over two blocks of
+    # 16 outputs (one at the end). out int32 (x_scale, scales and bias None): MatMulInteger. out float: the graph's
+    # Cast, Mul by x_scale * scales [d_out] (W's) and Add of bias [d_out] (or None), each rounded to out's dtype as
+    # the graph's ops round.
     # `instruction` is a string constant of the callers below, so each instruction compiles on its own.
     n, width = a.shape
     d_out = out.shape[1]
     n_k4 = width // 4
     flat = a.reshape(-1)
-    a_sums = np.zeros(n, dtype=np.int32)
-    for i in range(n):
-        for k in range(width):
-            a_sums[i] += a[i, k]
     j_start, j_stop = 16 * block_start, min(16 * block_stop, d_out)  # the outputs computed here
     zero_shifts = np.empty(j_stop - j_start, dtype=np.int32)    # [outputs] zero - offset
     column_terms = np.empty(j_stop - j_start, dtype=np.int32)   # [outputs] d_in a_zero zero - a_zero sum w
@@ -251,8 +248,8 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
                     for lane in range(n_j):
                         row[lane] = block_sums[lane] - shifts[lane] * a_sum + terms[lane]
                     continue
-                for lane in range(n_j):
-                    values[lane] = np.int32(block_sums[lane] - shifts[lane] * a_sum + terms[lane])  # MatMulInteger: int32
+                for lane in range(n_j):  # MatMulInteger's int32
+                    values[lane] = np.int32(block_sums[lane] - shifts[lane] * a_sum + terms[lane])
                 w_scales = scales[j0:j0 + n_j]
                 if bias is None:
                     for lane in range(n_j):
@@ -265,46 +262,47 @@ def _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_su
 
 
 @numba.njit(cache=True, nogil=True)
-def _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                      claimed, n_chunks, instruction):
+def _claimed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                      out, claimed, n_chunks, instruction):
     # _packed_products over chunks of output blocks, claimed one at a time until none is left (kernels.claim)
     n_blocks = -(-out.shape[1] // 16)
     chunk = kernels.claim(claimed)
     while chunk < n_chunks:
-        _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                         n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, instruction)
+        _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                         out, n_blocks * chunk // n_chunks, n_blocks * (chunk + 1) // n_chunks, instruction)
         chunk = kernels.claim(claimed)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _products_vnni(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
+def _products_vnni(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
                    n_chunks, n_threads):  # compiled only where INT8_DOT is "vnni": other CPUs lack vpdpbusd
     claimed = np.zeros(1, dtype=np.int64)
     for _ in numba.prange(n_threads):  # the threads of kernels.share
-        _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                          claimed, n_chunks, "vnni")
+        _claimed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales,
+                          bias, out, claimed, n_chunks, "vnni")
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _products_portable(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                       n_chunks, n_threads):
+def _products_portable(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                       out, n_chunks, n_threads):
     claimed = np.zeros(1, dtype=np.int64)
     for _ in numba.prange(n_threads):
-        _claimed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                          claimed, n_chunks, "portable")
+        _claimed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales,
+                          bias, out, claimed, n_chunks, "portable")
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_vnni_alone(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out):
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                     0, -(-out.shape[1] // 16), "vnni")
+def _products_vnni_alone(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales,
+                         bias, out):
+    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                     out, 0, -(-out.shape[1] // 16), "vnni")
 
 
 @numba.njit(cache=True, nogil=True)
-def _products_portable_alone(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
-                             out):
-    _packed_products(a, a_zero, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias, out,
-                     0, -(-out.shape[1] // 16), "portable")
+def _products_portable_alone(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales,
+                             bias, out):
+    _packed_products(a, a_zero, a_sums, packed, d_in, weight_offset, zero_points, row_sums, x_scale, scales, bias,
+                     out, 0, -(-out.shape[1] // 16), "portable")
 
 
 _PRODUCTS = {"vnni": (_products_vnni_alone, _products_vnni),  # (on the calling thread, on numba's pool)
@@ -378,8 +376,9 @@ class QuantizedWeight:
         offset = 128 if self.weight.dtype == np.uint8 else 0
         n_chunks, n_threads = kernels.share(rows.shape[0] * self.weight.size)  # a multiply-add counted as a byte
         alone, shared = _PRODUCTS[INT8_DOT]
-        arguments = (rows, np.int64(a_zero), self.packed, d_in, offset, self.zero_points, self.row_sums, x_scale,
-                     scales, bias, out_rows)
+        a_sums = rows.sum(axis=1, dtype=np.int32)                          # [n], once for every chunk
+        arguments = (rows, np.int64(a_zero), a_sums, self.packed, d_in, offset, self.zero_points, self.row_sums,
+                     x_scale, scales, bias, out_rows)
         if n_chunks == 1:
             alone(*arguments)
         else:
