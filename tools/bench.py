@@ -22,6 +22,8 @@ each engine's turn starts with an untimed encode of its own, so no engine is tim
                   export was made from, converted into WORK_DIR/ct2-float32 and ct2-int8; its own greedy tokens,
                   a step timed between the per-token callbacks of one translate_batch (tools/bench_ct2.py says
                   exactly what is timed, and checks its logits against our float64 evaluation first)
+Before each repetition, a read of STREAM_BYTES of memory on the same threads gives the run's bandwidth floor for a
+decode step (the bytes of weight a step reads, at that rate), and each engine's step over it.
 Then greedy and beam-4 generate() (min_new_tokens forces 64 tokens) for ours, for reference_generate and for
 CTranslate2's translate_batch (min = max decoding length 64), and a
 profile of our decode step: each component timed by wrapping the module's functions in this process only, the same
@@ -355,15 +357,85 @@ def median_ms(values):
 SETTLE_S = 0.3
 
 
-def bench_decode(engines, step_ids, reps, budget):
-    """Interleaved repetitions: rep r runs the engines in an order rotated by r. -> per-engine raw times."""
+# The memory-bandwidth floor of a decode step: the bytes of weight it must read, at the rate the machine streams
+# memory in this run. The rate is measured between the repetitions, as the engines are, by a kernel that reads a
+# STREAM_BYTES array once, cut into contiguous parts, one per thread (LLVM vectorizes its sum): a read and nothing
+# else, so no product of weights can stream faster. The machine's rate moves with its neighbours (33-49 GB/s on the
+# same VM in one day), so a floor from another run or hour does not compare.
+STREAM_BYTES = 2 ** 28  # 256 MB: 8x the L3 of these machines, so every line comes from memory
+
+
+class StreamRead:
+    """Seconds to read STREAM_BYTES of float32 once, on `threads` numba threads."""
+
+    def __init__(self, threads):
+        import numba
+        import numpy as np
+
+        @numba.njit(nogil=True, fastmath=True)
+        def read_part(a, start, stop):  # the sum of a[start:stop], so the reads cannot be left out
+            part = a[start:stop]
+            total = np.float32(0)
+            for i in range(part.size):
+                total += part[i]
+            return total
+
+        @numba.njit(parallel=True)
+        def read_all(a, n_threads):
+            totals = np.zeros(n_threads, np.float32)
+            for t in numba.prange(n_threads):
+                totals[t] = read_part(a, a.size * t // n_threads, a.size * (t + 1) // n_threads)
+            return totals
+
+        self.array = np.random.default_rng(0).random(STREAM_BYTES // 4, dtype=np.float32)
+        self.threads, self.read_all = threads, read_all
+        self.seconds(reps=1)  # compiled, and every page touched
+
+    def seconds(self, reps=5):  # the median of reps reads; numba's thread count is left as it was found
+        import numba
+        threads_before = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            self.read_all(self.array, self.threads)
+            times.append(time.perf_counter() - t0)
+        numba.set_num_threads(threads_before)
+        return statistics.median(times)
+
+
+def step_weight_bytes(model):
+    """Bytes of weight a decode step reads: the decoder layers' but cross-attention keys and values (projected once
+    by Model.start), the final layer norm, the lm_head and its bias. Embeddings: one row each, left out."""
+    import numpy as np
+
+    def nbytes(node):
+        if isinstance(node, dict):
+            return sum(nbytes(v) for v in node.values())
+        if isinstance(node, list):
+            return sum(nbytes(v) for v in node)
+        return node.nbytes if isinstance(node, np.ndarray) else 0
+
+    decoder = model.params["decoder"]
+    cross_kv = sum(nbytes(layer["encoder_attn"][p]) for layer in decoder["layers"] for p in ("k_proj", "v_proj"))
+    return (nbytes(decoder["layers"]) - cross_kv + nbytes(decoder.get("layer_norm", {}))
+            + nbytes(model.params["lm_head"]) + nbytes(model.params.get("final_logits_bias")))
+
+
+def bench_decode(engines, step_ids, reps, budget, stream=None):
+    """Interleaved repetitions: rep r runs the engines in an order rotated by r, after a read of memory by `stream`
+    (a StreamRead). -> per-engine raw times, and raw["stream"]: seconds per STREAM_BYTES read."""
     import numpy as np
     raw = {e.name: {"encoder": [], "start": [], "steps": [], "step0": [], "total": []} for e in engines}
+    raw_stream = []
     logits = {}
     for e in engines:  # warm-up: numba compilation, ORT's first-run allocations
         e.decode(e.encode(), step_ids[:4])
     began = time.perf_counter()
     for rep in range(reps):
+        if stream:
+            time.sleep(SETTLE_S)
+            raw_stream.append(stream.seconds())
         for e in engines[rep % len(engines):] + engines[:rep % len(engines)]:
             time.sleep(SETTLE_S)
             e.encode()  # untimed, so that what ran just before the clock starts is this engine
@@ -387,7 +459,7 @@ def bench_decode(engines, step_ids, reps, budget):
         if rep + 1 < reps and rep >= 2 and time.perf_counter() - began + per_rep > budget:
             print(f"  time budget of {budget:.0f} s reached after {rep + 1} reps", file=sys.stderr)
             break
-    return raw, logits
+    return raw, logits, raw_stream
 
 
 def bench_generate(model, ref, src, mask, n_new, reps, budget, extra_jobs=(), also=()):
@@ -587,7 +659,15 @@ def summarize(raw, ours="ours"):
     return rows
 
 
-def headline(rows, generate, fresh, env):
+def bandwidth_floor(raw_stream, weight_bytes, rows):
+    """The decode step's floor in this run: weight_bytes at the median streaming rate; each engine's step over it."""
+    bandwidth = STREAM_BYTES / statistics.median(raw_stream)
+    floor_ms = 1e3 * weight_bytes / bandwidth
+    return {"bandwidth_gb_s": bandwidth / 1e9, "step_weight_mb": weight_bytes / 1e6, "decode_floor_ms": floor_ms,
+            "reads": len(raw_stream), "step_over_floor": {name: r["step_ms"] / floor_ms for name, r in rows.items()}}
+
+
+def headline(rows, generate, fresh, env, floor):
     """The issue's figures: ours / the fastest ONNX Runtime loop at the same thread count, and raw ms."""
     ort = [name for name in rows if name.startswith("ort-")]
     best_step = min(ort, key=lambda name: rows[name]["step_ms"])
@@ -597,6 +677,9 @@ def headline(rows, generate, fresh, env):
                "decode_step_ms": rows["ours"]["step_ms"], "decode_step_ms_ort": rows[best_step]["step_ms"],
                "decode_step_ort_engine": best_step, "encoder_ms": rows["ours"]["encoder_ms"],
                "encoder_ms_ort": rows[best_encoder]["encoder_ms"], "encoder_ort_engine": best_encoder,
+               "decode_floor_ms": floor["decode_floor_ms"], "bandwidth_gb_s": floor["bandwidth_gb_s"],
+               "decode_step_over_floor": floor["step_over_floor"]["ours"],
+               "decode_step_over_floor_ort": floor["step_over_floor"][best_step],
                "threads": env["threads"], "load_average_start": env["load_average_start"][0],
                "load_average_end": env["load_average_end"][0]}
     if generate:
@@ -623,7 +706,7 @@ def print_ct2(bench_ct2, agreement, generate, not_measured, n_steps):
         bench_ct2.print_agreement(agreement)
 
 
-def print_report(env, rows, generate, profile, logits_diff, fresh=None):
+def print_report(env, rows, generate, profile, logits_diff, floor, fresh=None):
     print(f"\nenvironment: {env['cpu']}, {env['cores_usable']}/{env['cores']} cores usable, Python {env['python']}, "
           f"numpy {env['numpy']} (OpenBLAS {env['openblas_threads']} threads, {env['openblas_core']} kernels), "
           f"numba {env['numba']}, onnxruntime {env['onnxruntime']}; threads={env['threads']}; "
@@ -641,6 +724,12 @@ def print_report(env, rows, generate, profile, logits_diff, fresh=None):
     print("  start: ours = Model.start (cross-attention K/V for 6 layers + cache allocation); ORT computes those in "
           "step 0.\n  64 steps = start + all 64 steps; its ratio is the median of per-repetition ratios.")
     print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
+    f = floor
+    print(f"  bandwidth floor: a step reads {f['step_weight_mb']:.1f} MB of weight; memory streamed at "
+          f"{f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of {f['reads']} x 5 reads of "
+          f"{STREAM_BYTES >> 20} MB between the repetitions), so the floor is {f['decode_floor_ms']:.2f} ms; "
+          "step / floor: "
+          + ", ".join(f"{name} {ratio:.2f}" for name, ratio in f["step_over_floor"].items()))
     if "ct2" in rows:
         print("  ct2: CTranslate2 float32, its own greedy tokens; start = the call to its first token (encoder, "
               "cross K/V, step 0),\n  steps = the intervals between its tokens; its 64-step ratio is ours' encoder + "
@@ -707,7 +796,7 @@ def bench_int8(int8_dir, threads, src, mask, step_ids, reps, budget, extra_engin
     engines = [Ours(model, src, mask, "ours-int8"), OrtLoop(ref, "split", src, mask), OrtRaw(ref, "split", src, mask)]
     for engine in engines[1:]:
         engine.name = engine.name.replace("ort-", "ort-int8-")
-    raw, logits = bench_decode(engines + list(extra_engines), step_ids, reps, budget)
+    raw, logits, _ = bench_decode(engines + list(extra_engines), step_ids, reps, budget)
     return summarize(raw, ours="ours-int8"), float(np.abs(logits["ours-int8"] - logits["ort-int8-split"]).max())
 
 
@@ -840,8 +929,10 @@ def main():
     if not args.no_raw:
         engines += [OrtRaw(ref, "split", src, mask), OrtRaw(ref, "merged", src, mask)]
     print(f"decode: {len(engines)} engines x {args.reps} reps x {args.steps} steps", file=sys.stderr)
-    raw, logits = bench_decode(engines, step_ids, args.reps, 0.55 * args.budget)
+    raw, logits, raw_stream = bench_decode(engines, step_ids, args.reps, 0.55 * args.budget,
+                                           StreamRead(args.threads))
     rows = summarize(raw)
+    floor = bandwidth_floor(raw_stream, step_weight_bytes(model), rows)
     logits_diff = max(float(np.abs(logits["ours"] - logits[e.name]).max()) for e in engines if isinstance(e, OrtLoop))
 
     generate = None
@@ -868,11 +959,13 @@ def main():
         except RuntimeError as e:  # reported, and the in-process figures are still printed
             print(f"bench: {e}", file=sys.stderr)
     env["load_average_end"] = os.getloadavg()
-    print_report(env, rows, generate, profile, logits_diff, fresh)
+    print_report(env, rows, generate, profile, logits_diff, floor, fresh)
     print_ct2(bench_ct2, ct2_agreement, generate, ct2_not_measured, args.steps)
     if args.json:
-        result = {**headline(rows, generate, fresh, env), **bench_ct2.headline(rows, generate, int8_rows, ct2_not_measured),
-                  "environment": env, "decode": rows, "max_abs_logits_diff": logits_diff, "generate": generate,
+        result = {**headline(rows, generate, fresh, env, floor),
+                  **bench_ct2.headline(rows, generate, int8_rows, ct2_not_measured),
+                  "environment": env, "decode": rows, "bandwidth_floor": floor, "max_abs_logits_diff": logits_diff,
+                  "generate": generate,
                   "ct2_agreement": ct2_agreement, "fresh_process": fresh, "profile": profile,
                   "raw_seconds": {k: {m: v for m, v in r.items() if m != "steps"} for k, r in raw.items()}}
         write_json(args.json, result)
