@@ -357,10 +357,10 @@ def median_ms(values):
 SETTLE_S = 0.3
 
 
-# The memory-bandwidth floor of a decode step: the bytes of weight it must read, at the rate the machine streams
+# The memory-bandwidth floor of a decode step: the bytes it must read, at the rate the machine streams
 # memory in this run. The rate is measured between the repetitions, as the engines are, by a kernel that reads a
 # STREAM_BYTES array once, cut into contiguous parts, one per thread (LLVM vectorizes its sum): a read and nothing
-# else, so no product of weights can stream faster. The machine's rate moves with its neighbours (33-49 GB/s on the
+# else. The machine's rate moves with its neighbours (33-49 GB/s on the
 # same VM in one day), so a floor from another run or hour does not compare.
 STREAM_BYTES = 2 ** 28  # 256 MB: 8x the L3 of these machines, so every line comes from memory
 
@@ -404,9 +404,10 @@ class StreamRead:
         return statistics.median(times)
 
 
-def step_weight_bytes(model):
-    """Bytes of weight a decode step reads: the decoder layers' but cross-attention keys and values (projected once
-    by Model.start), the final layer norm, the lm_head and its bias. Embeddings: one row each, left out."""
+def step_read_bytes(model, n_src, n_cached):
+    """Bytes a decode step must read: the decoder layers' weights but cross-attention keys and values (projected
+    once by Model.start), the final layer norm, the lm_head and its bias; the cross-attention K/V of n_src positions
+    and the self-attention K/V of n_cached. Embeddings: one row each, left out."""
     import numpy as np
 
     def nbytes(node):
@@ -416,10 +417,12 @@ def step_weight_bytes(model):
             return sum(nbytes(v) for v in node)
         return node.nbytes if isinstance(node, np.ndarray) else 0
 
-    decoder = model.params["decoder"]
+    spec, decoder = model.spec, model.params["decoder"]
     cross_kv = sum(nbytes(layer["encoder_attn"][p]) for layer in decoder["layers"] for p in ("k_proj", "v_proj"))
-    return (nbytes(decoder["layers"]) - cross_kv + nbytes(decoder.get("layer_norm", {}))
-            + nbytes(model.params["lm_head"]) + nbytes(model.params.get("final_logits_bias")))
+    weights = (nbytes(decoder["layers"]) - cross_kv + nbytes(decoder.get("layer_norm", {}))
+               + nbytes(model.params["lm_head"]) + nbytes(model.params.get("final_logits_bias")))
+    per_position = 2 * spec.n_layer_decoder * spec.n_head_decoder * spec.d_head * np.dtype(model.dtype).itemsize
+    return weights + per_position * (n_src + n_cached)
 
 
 def bench_decode(engines, step_ids, reps, budget, stream=None):
@@ -659,11 +662,12 @@ def summarize(raw, ours="ours"):
     return rows
 
 
-def bandwidth_floor(raw_stream, weight_bytes, rows):
-    """The decode step's floor in this run: weight_bytes at the median streaming rate; each engine's step over it."""
+def bandwidth_floor(raw_stream, step_bytes, rows):
+    """The decode step's floor in this run: the bytes it reads at the median streaming rate; each engine's step over
+    it."""
     bandwidth = STREAM_BYTES / statistics.median(raw_stream)
-    floor_ms = 1e3 * weight_bytes / bandwidth
-    return {"bandwidth_gb_s": bandwidth / 1e9, "step_weight_mb": weight_bytes / 1e6, "decode_floor_ms": floor_ms,
+    floor_ms = 1e3 * step_bytes / bandwidth
+    return {"bandwidth_gb_s": bandwidth / 1e9, "step_read_mb": step_bytes / 1e6, "decode_floor_ms": floor_ms,
             "reads": len(raw_stream), "step_over_floor": {name: r["step_ms"] / floor_ms for name, r in rows.items()}}
 
 
@@ -725,8 +729,8 @@ def print_report(env, rows, generate, profile, logits_diff, floor, fresh=None):
           "step 0.\n  64 steps = start + all 64 steps; its ratio is the median of per-repetition ratios.")
     print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
     f = floor
-    print(f"  bandwidth floor: a step reads {f['step_weight_mb']:.1f} MB of weight; memory streamed at "
-          f"{f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of {f['reads']} x 5 reads of "
+    print(f"  bandwidth floor: a step reads {f['step_read_mb']:.1f} MB (weights, cross and self K/V); memory "
+          f"streamed at {f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of {f['reads']} x 5 reads of "
           f"{STREAM_BYTES >> 20} MB between the repetitions), so the floor is {f['decode_floor_ms']:.2f} ms; "
           "step / floor: "
           + ", ".join(f"{name} {ratio:.2f}" for name, ratio in f["step_over_floor"].items()))
@@ -932,7 +936,7 @@ def main():
     raw, logits, raw_stream = bench_decode(engines, step_ids, args.reps, 0.55 * args.budget,
                                            StreamRead(args.threads))
     rows = summarize(raw)
-    floor = bandwidth_floor(raw_stream, step_weight_bytes(model), rows)
+    floor = bandwidth_floor(raw_stream, step_read_bytes(model, args.src_len, args.steps / 2), rows)  # mean length
     logits_diff = max(float(np.abs(logits["ours"] - logits[e.name]).max()) for e in engines if isinstance(e, OrtLoop))
 
     generate = None

@@ -3,7 +3,8 @@
 Both engines decode the same forced tokens from the same encoder output, interleaved: every repetition runs
 each engine once, the order alternating. The median over repetitions is taken at every length (thin lines),
 and a running median over 9 lengths drawn over it (thick). A step's cost should stay flat apart from the
-attention term, which grows linearly with the length.
+attention term, which grows linearly with the length. The dashed line is the bandwidth floor: the bytes a step
+reads (weights, cross and self K/V) at the rate a 256 MB read streams memory in this run (bench.StreamRead).
 
 Usage (needs `pip install -e '.[plot]'` for matplotlib; the model is tools/bench.py's, built once):
   python tools/plot_steps.py                      # docs/decode_steps.png, 256 steps, 2 threads
@@ -51,11 +52,14 @@ def main():
     step_ids = [np.array([[t]], dtype=np.int64) for t in forced]
     ref = OnnxReference(model_dir, optimize=True, threads=args.threads)
     engines = [bench.Ours(model, src, mask), bench.OrtRaw(ref, "split", src, mask)]
+    stream = bench.StreamRead(args.threads)
     load_start = os.getloadavg()[0]
     times = {e.name: [] for e in engines}
+    stream_seconds = []
     for e in engines:  # warm-up
         e.decode(e.encode(), step_ids[:4])
     for rep in range(args.reps):
+        stream_seconds.append(stream.seconds())
         for e in engines[rep % 2:] + engines[:rep % 2]:
             hidden = np.asarray(e.encode(), np.float32)
             times[e.name].append(e.decode(hidden, step_ids)[1])
@@ -71,6 +75,10 @@ def main():
         line, = ax.plot(lengths, ms, linewidth=0.6, alpha=0.5)
         running = [statistics.median(ms[max(0, i - 4):i + 5]) for i in range(len(ms))]
         ax.plot(lengths, running, color=line.get_color(), linewidth=2.0, label=labels.get(name, name))
+    bandwidth = bench.STREAM_BYTES / statistics.median(stream_seconds)  # bytes per second, in this run
+    floor_ms = [1e3 * bench.step_read_bytes(model, args.src_len, n - 1) / bandwidth for n in lengths]
+    ax.plot(lengths, floor_ms, color="gray", linestyle="--", linewidth=1.2,
+            label=f"bandwidth floor: the bytes a step reads at {bandwidth / 1e9:.0f} GB/s")
     ax.set_xlabel("decoded length (target positions in the cache)")
     ax.set_ylabel("ms per decode step (median)")
     ax.set_ylim(bottom=0)
@@ -84,7 +92,10 @@ def main():
     fig.savefig(args.out)
     summary = {name: {"first_16": statistics.median(ms[:16]), "last_16": statistics.median(ms[-16:])}
                for name, ms in medians.items()}
+    summary["bandwidth_floor"] = {"first_16": statistics.median(floor_ms[:16]),
+                                  "last_16": statistics.median(floor_ms[-16:])}
     print(json.dumps({"out": os.path.abspath(args.out), "load_average": [load_start, load_end],
+                      "bandwidth_gb_s": bandwidth / 1e9,
                       "median_ms": summary, "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))
 
 
