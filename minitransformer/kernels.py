@@ -528,15 +528,44 @@ def same_bits(a, b):
     return bool(np.array_equal(a, b))
 
 
-def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the same values
-    """np.ascontiguousarray (np.array with copy), with a banded copy for a transposed matrix (an ONNX [in, out]
-    linear weight read as HF's [out, in]): numpy's strided copy of one is 10x slower."""
-    if a.ndim == 2 and a.dtype == dtype and a.T.flags.c_contiguous and not a.flags.c_contiguous:
-        out = np.empty(a.shape, dtype=dtype)
+def _is_transposed(a):  # a C-order matrix read transposed (an ONNX [in, out] linear weight read as HF's [out, in])
+    return a.ndim == 2 and a.T.flags.c_contiguous and not a.flags.c_contiguous
+
+
+def _copy_into(a, out):  # out[...] = a; out C order, of a's dtype and shape
+    if _is_transposed(a):  # banded: numpy's strided copy of a transposed matrix is 10x slower
         bits = np.dtype(f"u{a.itemsize}")  # moved as bits: numba has no float16
         _transpose_into(a.T.view(bits), out.view(bits))
+    else:
+        np.copyto(out, a)
+
+
+def c_order(a, dtype, copy=False):  # any array -> C-order array of `dtype`, the same values
+    """np.ascontiguousarray (np.array with copy), with a banded copy for a transposed matrix."""
+    if a.dtype == dtype and _is_transposed(a):
+        out = np.empty(a.shape, dtype=dtype)
+        _copy_into(a, out)
         return out
     return np.array(a, dtype=dtype, order="C") if copy else np.ascontiguousarray(a, dtype=dtype)
+
+
+BLOCK_ALIGN = 4096  # bytes: every array of a block starts on a page, as one allocated alone does
+
+
+def c_order_block(arrays):
+    """C-order copies of `arrays` (the same dtypes, shapes and values), one after another in one allocation, in
+    the order given, each starting on a page. numpy asks the kernel for huge pages for an allocation of 4 MB or
+    more (MADV_HUGEPAGE), so weights of 1 MB each are read through 2 MB pages instead of their own 4 KB ones."""
+    sizes = [-(-a.nbytes // BLOCK_ALIGN) * BLOCK_ALIGN for a in arrays]
+    block = np.empty(sum(sizes) + BLOCK_ALIGN, dtype=np.uint8)
+    start = -block.ctypes.data % BLOCK_ALIGN
+    copies = []
+    for a, size in zip(arrays, sizes):
+        copy = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+        _copy_into(a, copy)
+        copies.append(copy)
+        start += size
+    return copies
 
 
 # ---------------------------------------------------------------------------------------------- search

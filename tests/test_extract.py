@@ -8,6 +8,7 @@ from onnx import helper, numpy_helper
 from safetensors.numpy import load_file
 
 import minitransformer as mt
+import minitransformer.extract as extract_module
 from minitransformer.extract import DECODER_FILES, TOKENIZER_FILES, extract, write_extracted
 from minitransformer.families import spec_from_config, tie_groups
 from minitransformer.ops import sinusoid_table
@@ -56,6 +57,47 @@ def test_extracted_dir_loads_to_the_same_model(name, tmp_path):
     for key, value in from_onnx.tensors.items():
         assert value.tobytes() == from_dir.tensors[key].tobytes(), key
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["tensors"].keys() == manifest["tensors"].keys()
+
+
+def _allocation(a):  # the array that owns a's memory
+    while a.base is not None:
+        a = a.base
+    return a
+
+
+@pytest.mark.parametrize("name", ["marian-opus", "bart-tiny", "flan-t5-tiny", "marian-opus-int8-channel"])
+def test_encoder_weights_copied_into_one_block_are_the_same_model(name, monkeypatch):
+    """With every encoder weight small enough for the block of huge pages (BLOCK_MIN_BYTES lowered to 1 byte: the
+    fixtures' weights are below 64 KB), the weights the encoder graph gives come from one allocation, the decoder
+    graphs' from one each, and the model holds the same bits and computes the same logits as without the block."""
+    _, _, plain, _ = extract(str(FIXTURES / name))
+    monkeypatch.setattr(extract_module, "BLOCK_MIN_BYTES", 1)
+    _, _, blocked, _ = extract(str(FIXTURES / name))
+    assert sorted(plain) == sorted(blocked)
+    for key, value in plain.items():
+        assert value.tobytes() == blocked[key].tobytes() and value.dtype == blocked[key].dtype, key
+    rng = np.random.default_rng(0)
+    spec = spec_from_config(json.loads((FIXTURES / name / "config.json").read_text()))
+    ids = rng.integers(3, spec.n_vocab - 1, size=(2, 7))
+    target = rng.integers(3, spec.n_vocab - 1, size=(2, 5))
+    logits = {}
+    for block_min in (extract_module.BLOCK_MAX_BYTES, 1):
+        monkeypatch.setattr(extract_module, "BLOCK_MIN_BYTES", block_min)
+        model = mt.load(str(FIXTURES / name))
+        logits[block_min] = model.forward(ids, np.ones_like(ids), target)
+    assert np.array_equal(logits[1], logits[extract_module.BLOCK_MAX_BYTES])
+    allocations = {stack: [id(_allocation(a)) for a in _arrays(model.params[stack]["layers"]) if a.size]
+                   for stack in ("encoder", "decoder")}
+    assert len(set(allocations["encoder"])) == 1
+    assert len(set(allocations["decoder"])) == len(allocations["decoder"]) > 1
+
+
+def _arrays(node):  # the arrays in nested dicts and lists
+    if isinstance(node, dict):
+        return [a for value in node.values() for a in _arrays(value)]
+    if isinstance(node, list):
+        return [a for value in node for a in _arrays(value)]
+    return [node] if isinstance(node, np.ndarray) else []
 
 
 def _initializer_owner(model, name):

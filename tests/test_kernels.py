@@ -221,6 +221,24 @@ def test_c_order_lays_out_a_transposed_view_of_any_dtype(dtype):
     assert not np.shares_memory(copied, stored) and kernels.same_bits(copied, stored)
 
 
+def test_c_order_block_copies_arrays_one_after_another_on_pages():
+    """The copies hold the arrays' values, dtypes and shapes (a transposed view laid out in C order), each starting
+    on a page after the one before, in one allocation none of the arrays came from."""
+    rng = np.random.default_rng(5)
+    stored = rng.standard_normal((130, 70)).astype(np.float32)  # an ONNX [in, out] weight
+    arrays = [stored.T, rng.standard_normal(7).astype(np.float32), np.arange(9, dtype=np.int8).reshape(3, 3),
+              np.zeros((0, 4), np.float16), rng.standard_normal((3, 5)).astype(np.float64)]
+    copies = kernels.c_order_block(arrays)
+    for a, copy in zip(arrays, copies):
+        assert copy.flags.c_contiguous and copy.dtype == a.dtype and copy.shape == a.shape
+        np.testing.assert_array_equal(copy, a)
+        assert not np.shares_memory(copy, stored)
+    starts = [copy.ctypes.data for copy, a in zip(copies, arrays) if a.size]  # an empty array's address: none
+    assert all(start % kernels.BLOCK_ALIGN == 0 for start in starts) and kernels.BLOCK_ALIGN == 4096
+    assert starts == sorted(starts) and starts[1] - starts[0] == 36864  # 36400 bytes, to the next page
+    assert copies[0].base is copies[-1].base                             # one allocation
+
+
 def test_same_bits_sees_one_difference_anywhere_in_long_arrays():
     """Past one block of _equal_flat: a single changed element is found in the first and the last whole block,
     at their edges and in the remainder; in two memory orders, in every row of a matrix of partial tiles."""
