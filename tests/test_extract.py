@@ -67,29 +67,31 @@ def _allocation(a):  # the array that owns a's memory
 
 @pytest.mark.parametrize("name", ["marian-opus", "bart-tiny", "flan-t5-tiny", "marian-opus-int8-channel"])
 def test_encoder_weights_copied_into_one_block_are_the_same_model(name, monkeypatch):
-    """With every encoder weight small enough for the block of huge pages (BLOCK_MIN_BYTES lowered to 1 byte: the
-    fixtures' weights are below 64 KB), the weights the encoder graph gives come from one allocation, the decoder
-    graphs' from one each, and the model holds the same bits and computes the same logits as without the block."""
+    """With the block's bounds moved to the fixtures' sizes (BLOCK_MIN_BYTES 1 byte, where the fixtures' weights
+    are below 64 KB; BLOCK_MAX_BYTES the largest encoder layer array's size), the encoder layers' arrays below the
+    bound come from one allocation and those at it each from their own, the decoder's each from their own; the
+    model holds the same bits and computes the same logits as without the block."""
+    plain_model = mt.load(str(FIXTURES / name))
+    block_max = max(a.nbytes for a in _arrays(plain_model.params["encoder"]["layers"]))
     _, _, plain, _ = extract(str(FIXTURES / name))
     monkeypatch.setattr(extract_module, "BLOCK_MIN_BYTES", 1)
+    monkeypatch.setattr(extract_module, "BLOCK_MAX_BYTES", block_max)
     _, _, blocked, _ = extract(str(FIXTURES / name))
     assert sorted(plain) == sorted(blocked)
     for key, value in plain.items():
         assert value.tobytes() == blocked[key].tobytes() and value.dtype == blocked[key].dtype, key
+    model = mt.load(str(FIXTURES / name))
     rng = np.random.default_rng(0)
-    spec = spec_from_config(json.loads((FIXTURES / name / "config.json").read_text()))
-    ids = rng.integers(3, spec.n_vocab - 1, size=(2, 7))
-    target = rng.integers(3, spec.n_vocab - 1, size=(2, 5))
-    logits = {}
-    for block_min in (extract_module.BLOCK_MAX_BYTES, 1):
-        monkeypatch.setattr(extract_module, "BLOCK_MIN_BYTES", block_min)
-        model = mt.load(str(FIXTURES / name))
-        logits[block_min] = model.forward(ids, np.ones_like(ids), target)
-    assert np.array_equal(logits[1], logits[extract_module.BLOCK_MAX_BYTES])
-    allocations = {stack: [id(_allocation(a)) for a in _arrays(model.params[stack]["layers"]) if a.size]
-                   for stack in ("encoder", "decoder")}
-    assert len(set(allocations["encoder"])) == 1
-    assert len(set(allocations["decoder"])) == len(allocations["decoder"]) > 1
+    ids = rng.integers(3, model.spec.n_vocab - 1, size=(2, 7))
+    target = rng.integers(3, model.spec.n_vocab - 1, size=(2, 5))
+    assert np.array_equal(model.forward(ids, np.ones_like(ids), target),
+                          plain_model.forward(ids, np.ones_like(ids), target))
+    encoder = {id(a): a for a in _arrays(model.params["encoder"]["layers"]) if a.size}.values()
+    in_block = {id(_allocation(a)) for a in encoder if a.nbytes < block_max}
+    alone = [id(_allocation(a)) for a in encoder if a.nbytes >= block_max]
+    decoder = [id(_allocation(a)) for a in {id(a): a for a in _arrays(model.params["decoder"]["layers"])}.values()]
+    assert len(in_block) == 1 and alone and len(set(alone)) == len(alone) and not in_block & set(alone)
+    assert len(set(decoder)) == len(decoder) > 1
 
 
 def _arrays(node):  # the arrays in nested dicts and lists
