@@ -360,13 +360,14 @@ SETTLE_S = 0.3
 # The memory-bandwidth floor of a decode step: the bytes it must read, at the rate the machine streams
 # memory in this run. The rate is measured between the repetitions, as the engines are, by a kernel that reads a
 # STREAM_BYTES array once, cut into contiguous parts, one per thread (LLVM vectorizes its sum): a read and nothing
-# else. The machine's rate moves with its neighbours (33-49 GB/s on the
-# same VM in one day), so a floor from another run or hour does not compare.
+# else. The machine's rate moves with its neighbours (27-53 GB/s on the same VM within an hour), so a floor from
+# another run or hour does not compare.
 STREAM_BYTES = 2 ** 28  # 256 MB: 8x the L3 of these machines, so every line comes from memory
 
 
 class StreamRead:
-    """Seconds to read STREAM_BYTES of float32 once, on `threads` numba threads."""
+    """Seconds to read STREAM_BYTES of float32 once, on `threads` numba threads: the median of READS reads."""
+    READS = 5
 
     def __init__(self, threads):
         import numba
@@ -391,7 +392,7 @@ class StreamRead:
         self.threads, self.read_all = threads, read_all
         self.seconds(reps=1)  # compiled, and every page touched
 
-    def seconds(self, reps=5):  # the median of reps reads; numba's thread count is left as it was found
+    def seconds(self, reps=READS):  # numba's thread count is left as it was found
         import numba
         threads_before = numba.get_num_threads()
         numba.set_num_threads(self.threads)
@@ -427,7 +428,7 @@ def step_read_bytes(model, n_src, n_cached):
 
 def bench_decode(engines, step_ids, reps, budget, stream=None):
     """Interleaved repetitions: rep r runs the engines in an order rotated by r, after a read of memory by `stream`
-    (a StreamRead). -> per-engine raw times, and raw["stream"]: seconds per STREAM_BYTES read."""
+    (a StreamRead). -> (per-engine raw times, last logits per engine, seconds per STREAM_BYTES read, one per rep)."""
     import numpy as np
     raw = {e.name: {"encoder": [], "start": [], "steps": [], "step0": [], "total": []} for e in engines}
     raw_stream = []
@@ -730,9 +731,9 @@ def print_report(env, rows, generate, profile, logits_diff, floor, fresh=None):
     print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
     f = floor
     print(f"  bandwidth floor: a step reads {f['step_read_mb']:.1f} MB (weights, cross and self K/V); memory "
-          f"streamed at {f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of {f['reads']} x 5 reads of "
-          f"{STREAM_BYTES >> 20} MB between the repetitions), so the floor is {f['decode_floor_ms']:.2f} ms; "
-          "step / floor: "
+          f"streamed at {f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of "
+          f"{f['reads']} x {StreamRead.READS} reads of {STREAM_BYTES >> 20} MB between the repetitions), so the floor "
+          f"is {f['decode_floor_ms']:.2f} ms; step / floor: "
           + ", ".join(f"{name} {ratio:.2f}" for name, ratio in f["step_over_floor"].items()))
     if "ct2" in rows:
         print("  ct2: CTranslate2 float32, its own greedy tokens; start = the call to its first token (encoder, "
@@ -936,7 +937,8 @@ def main():
     raw, logits, raw_stream = bench_decode(engines, step_ids, args.reps, 0.55 * args.budget,
                                            StreamRead(args.threads))
     rows = summarize(raw)
-    floor = bandwidth_floor(raw_stream, step_read_bytes(model, args.src_len, args.steps / 2), rows)  # mean length
+    # the self-attention keys a step reads, 1 to args.steps, on average
+    floor = bandwidth_floor(raw_stream, step_read_bytes(model, args.src_len, (args.steps + 1) / 2), rows)
     logits_diff = max(float(np.abs(logits["ours"] - logits[e.name]).max()) for e in engines if isinstance(e, OrtLoop))
 
     generate = None

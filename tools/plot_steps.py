@@ -76,7 +76,7 @@ def main():
         running = [statistics.median(ms[max(0, i - 4):i + 5]) for i in range(len(ms))]
         ax.plot(lengths, running, color=line.get_color(), linewidth=2.0, label=labels.get(name, name))
     bandwidth = bench.STREAM_BYTES / statistics.median(stream_seconds)  # bytes per second, in this run
-    floor_ms = [1e3 * bench.step_read_bytes(model, args.src_len, n - 1) / bandwidth for n in lengths]
+    floor_ms = [1e3 * bench.step_read_bytes(model, args.src_len, n) / bandwidth for n in lengths]  # n keys read
     ax.plot(lengths, floor_ms, color="gray", linestyle="--", linewidth=1.2,
             label=f"bandwidth floor: the bytes a step reads at {bandwidth / 1e9:.0f} GB/s")
     ax.set_xlabel("decoded length (target positions in the cache)")
