@@ -23,8 +23,8 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _attend_heads(q, k, v, n_k, bias, scale, out, start, stop):
-    # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read. Heads [start, stop) of the
-    # n_batch * n_head, in order (b, h), are computed.
+    # k, v [n_batch, n_head, >= n_k, d_head]: only the first n_k key rows are read. bias [1 or n_batch, 1 or n_head,
+    # 1 or n_tgt, n_k], broadcast here. Heads [start, stop) of the n_batch * n_head, in order (b, h), are computed.
     # Per head: the scores q kᵀ as a product in register tiles (_gemm_tiles, the keys as its weight rows), a safe
     # softmax per query, then the weighted sum of values. With 4 queries or more (the encoder, teacher forcing)
     # that sum is a tiled product too, over v transposed; a decode step's query adds p v row by row.
@@ -35,11 +35,13 @@ def _attend_heads(q, k, v, n_k, bias, scale, out, start, stop):
     values_t = np.empty((d_head, n_k), dtype=q.dtype)      # one head's v transposed
     for head in range(start, stop):
         b, h = head // n_head, head % n_head
+        head_bias = bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0]  # [1 or n_tgt, n_k]
         _gemm_tiles(q[b, h], k[b, h], None, scores, 0, n_k)  # [n_tgt, n_k]
         for i in range(n_tgt):
-            row_max = scores[i, 0] * scale + bias[b, h, i, 0]
+            query_bias = head_bias[i if head_bias.shape[0] > 1 else 0]  # [n_k]
+            row_max = scores[i, 0] * scale + query_bias[0]
             for j in range(n_k):
-                scores[i, j] = scores[i, j] * scale + bias[b, h, i, j]
+                scores[i, j] = scores[i, j] * scale + query_bias[j]
                 row_max = max(row_max, scores[i, j])
             total = zero
             for j in range(n_k):
@@ -78,7 +80,10 @@ def attend(q, k, v, bias, scale):
     # q [n_batch, n_head, n_tgt, d_head], k, v [n_batch, n_head, n_k, d_head] -> [n_batch, n_head, n_tgt, d_head]
     n_batch, n_head, n_tgt, d_head = q.shape
     n_k = k.shape[2]
-    bias = np.broadcast_to(np.asarray(bias, dtype=q.dtype), (n_batch, n_head, n_tgt, n_k))
+    bias = np.asarray(bias, dtype=q.dtype)  # masks are [1 or n_batch, 1 or n_head, 1 or n_tgt, n_k]: used as they are
+    if (bias.ndim != 4 or bias.shape[3] != n_k or bias.shape[0] not in (1, n_batch) or bias.shape[1] not in (1, n_head)
+            or bias.shape[2] not in (1, n_tgt) or not bias.flags.c_contiguous):
+        bias = np.ascontiguousarray(np.broadcast_to(bias, (n_batch, n_head, n_tgt, n_k)))
     # C-order arrays let LLVM vectorize the loops: head-split projections are copied, cache views are not
     q, k, v = np.ascontiguousarray(q), _dense_rows(k), _dense_rows(v)
     out = np.empty(q.shape, dtype=q.dtype)
@@ -96,15 +101,21 @@ def attend(q, k, v, bias, scale):
 def _dense_rows(a):  # [n_batch, n_head, n, d_head] -> C-order [n_batch, n_head, m >= n, d_head]
     """A cache view (the first n of the cache's m rows per head) as the C-order array of all m rows over the same
     memory, so attention reads the cache without copying it; the kernel reads only the first n rows. Any other
-    layout is copied."""
+    layout is copied. Built by ndarray's constructor over the view's base, which checks the bounds: a decode step
+    calls this between weights streamed through the caches, where numpy's Python-level as_strided took 45 us."""
     n_batch, n_head, n, d_head = a.shape
-    item = a.itemsize
-    if a.flags.c_contiguous or a.strides[3] != item or a.strides[2] != d_head * item or a.strides[1] % a.strides[2]:
+    item, base = a.itemsize, a.base
+    if (a.flags.c_contiguous or not isinstance(base, np.ndarray) or not base.flags.c_contiguous
+            or a.strides[3] != item or a.strides[2] != d_head * item or a.strides[1] % a.strides[2]):
         return np.ascontiguousarray(a)
     m = a.strides[1] // a.strides[2]  # rows per head in the array this view was cut from
     if m < n or a.strides[0] != n_head * m * d_head * item:
         return np.ascontiguousarray(a)
-    return np.lib.stride_tricks.as_strided(a, (n_batch, n_head, m, d_head), writeable=False)
+    offset = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    try:
+        return np.ndarray((n_batch, n_head, m, d_head), a.dtype, base, offset, a.strides)
+    except ValueError:  # the m rows of the last head run past the base: the view starts after a head's first row
+        return np.ascontiguousarray(a)
 
 
 # ---------------------------------------------------------------------------------------------- threads
@@ -191,7 +202,7 @@ def share(weight_bytes):
     (1, 1) unless MINITRANSFORMER_THREADS is set or a core is spare, and in a fork of a process that used the pool.
     numba's thread count for the calling thread is set to the threads (a 1 us call, made only on a change; inside a
     kernel it would stop numba caching it)."""
-    if _POOL.inherited:
+    if _POOL.inherited or weight_bytes < 4 * SHARE_CHUNK_BYTES:  # too small for 2 threads of 2 chunks each
         return 1, 1
     asked = _threads_asked()
     n_cores = asked or _usable_cores()

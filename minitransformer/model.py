@@ -268,7 +268,9 @@ class Model:
         mask = check_mask(attention_mask, np.ones(encoder_hidden.shape[:2], dtype=np.int64))
         cross = [project_kv(encoder_hidden, layer["encoder_attn"], spec.n_head_decoder)
                  for layer in self.params["decoder"]["layers"]]
-        cross_kv = CrossKV(np.stack([k for k, _ in cross]), np.stack([v for _, v in cross]))
+        # C order, as the kernel reads them (np.stack keeps the heads' transposed layout)
+        cross_kv = CrossKV(np.ascontiguousarray(np.stack([k for k, _ in cross])),
+                           np.ascontiguousarray(np.stack([v for _, v in cross])))
         capacity = min(max_len, INITIAL_CACHE_LEN)
         cache = KVCache(spec.n_layer_decoder, n_batch, spec.n_head_decoder, capacity, spec.d_head, self.dtype)
         return DecoderState(cache, cross_kv, attention.padding_bias(mask))

@@ -59,6 +59,21 @@ def test_kernel_reads_strided_cache_views_and_per_head_bias():
     assert_kernel_agrees(q, k, v, position_bias, 1.0)
 
 
+@pytest.mark.parametrize("bias_shape", [(1, 1, 1, 7), (2, 1, 1, 7), (1, 3, 1, 7), (1, 1, 4, 7), (2, 3, 4, 7),
+                                        (1, 3, 4, 7), (2, 1, 4, 7), (4, 7), (), "transposed"])
+def test_kernel_broadcasts_every_size_1_leading_axis_of_the_bias(bias_shape):
+    """The kernel reads a mask with size-1 batch, head or query axes as it is, each axis on its own, and broadcasts
+    any other bias (fewer axes, a scalar, a transposed array) first: a bias that differs along every axis it has,
+    against the numpy reference, which broadcasts as numpy does."""
+    rng = np.random.default_rng(len(bias_shape))
+    q, k, v = _random_qkv(rng, 2, 3, 4, 7, 8)
+    if bias_shape == "transposed":  # as T5's position bias is gathered: [n_head, n_q, n_k] seen through a transpose
+        bias = rng.standard_normal((4, 7, 3), dtype=np.float32).transpose(2, 0, 1)[None]
+    else:
+        bias = 3 * rng.standard_normal(bias_shape).astype(np.float32)
+    assert_kernel_agrees(q, k, v, bias, 0.4)
+
+
 def test_masked_keys_get_exactly_zero_weight():
     rng = np.random.default_rng(1)
     q, k, v = _random_qkv(rng, 1, 2, 3, 3, 4)

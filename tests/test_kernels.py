@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 from minitransformer import kernels
 from minitransformer.cache import KVCache
 from minitransformer.errors import ModelError
+from minitransformer.model import load
 from minitransformer.ops import layer_norm, linear
 from minitransformer.weights import read_safetensors
 
@@ -134,6 +135,24 @@ def test_attention_reads_a_cache_view_without_copying_it():
     np.testing.assert_array_equal(dense[:, :, :7], cache[:, :, :7])
     copied = kernels._dense_rows(cache[:, :, :7, :2])  # not rows of a C-order array: copied
     assert not np.shares_memory(copied, cache) and copied.shape == (2, 3, 7, 2)
+    # rows 3 to 9: the last head's 10 rows from row 3 would run past the cache, so these are copied
+    late = kernels._dense_rows(cache[:, :, 3:9])
+    assert not np.shares_memory(late, cache)
+    np.testing.assert_array_equal(late, cache[:, :, 3:9])
+    layers = np.arange(2 * 2 * 3 * 10 * 4, dtype=np.float32).reshape(2, 2, 3, 10, 4)  # layer 0's rows run on in layer 1
+    late = kernels._dense_rows(layers[0, :, :, 3:9])
+    assert np.shares_memory(late, layers) and late.flags.c_contiguous
+    np.testing.assert_array_equal(late[:, :, :6], layers[0, :, :, 3:9])
+
+
+def test_a_decode_step_reads_the_cross_attention_keys_and_values_in_place():
+    model = load(os.path.join(FIXTURES, "marian-opus"))
+    rng = np.random.default_rng(2)
+    ids = rng.integers(3, model.spec.n_vocab, (2, 5))
+    state = model.start(model.encode(ids), np.ones_like(ids), 4)
+    for layer in range(model.spec.n_layer_decoder):
+        for keys_or_values in state.cross.view(layer):  # [n_batch, n_head, n_src, d_head]
+            assert kernels._dense_rows(keys_or_values) is keys_or_values
 
 
 def test_cache_reorder_in_place_equals_gathering_the_rows():
