@@ -81,6 +81,7 @@ def attend(q, k, v, bias, scale):
     n_batch, n_head, n_tgt, d_head = q.shape
     n_k = k.shape[2]
     bias = np.asarray(bias, dtype=q.dtype)  # masks are [1 or n_batch, 1 or n_head, 1 or n_tgt, n_k]: used as they are
+    # one compiled kernel: a bias of another shape or memory order is broadcast (copied) to C order first
     if (bias.ndim != 4 or bias.shape[3] != n_k or bias.shape[0] not in (1, n_batch) or bias.shape[1] not in (1, n_head)
             or bias.shape[2] not in (1, n_tgt) or not bias.flags.c_contiguous):
         bias = np.ascontiguousarray(np.broadcast_to(bias, (n_batch, n_head, n_tgt, n_k)))

@@ -93,8 +93,9 @@ def logits(x, model, spec, observe=None):  # [n_batch, n_tgt, d_model] -> [n_bat
     """lm_head, times d_model^-0.5 when T5 ties its head, plus final_logits_bias (Marian, BART, mBART)."""
     if spec.logits_scale != 1.0:
         x = x * np.float32(spec.logits_scale)
-    y = linear(x, **model["lm_head"])
-    return seen(observe, "lm_head", y + model["final_logits_bias"] if spec.final_logits_bias else y)
+    # final_logits_bias [1, n_vocab] is added by the product, the same one rounding as a separate Add
+    bias = model["final_logits_bias"].reshape(-1) if spec.final_logits_bias else None
+    return seen(observe, "lm_head", linear(x, model["lm_head"]["weight"], bias))
 
 
 def attend_seen(attend, observe, name, q, k, v, bias, scale):
