@@ -47,6 +47,8 @@ Usage:
   PYTHONPATH=/tmp/scratch python tools/bench.py --also mtx_patched --profile-engine mtx_patched
 """
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -878,6 +880,12 @@ def main():
     parser.add_argument("--int8-only", action="store_true", help="the int8 section alone")
     parser.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (measured when ctranslate2 imports)")
     args = parser.parse_args()
+    also = [pkg for pkg in args.also.split(",") if pkg]
+    for pkg in also:  # found now, not after minutes of building and timing; not imported yet (numpy's threads)
+        if importlib.util.find_spec(pkg) is None:
+            parser.error(f"--also {pkg}: no such importable package (put the directory holding it on PYTHONPATH)")
+    if args.profile_engine not in ("ours", *also):
+        parser.error(f"--profile-engine {args.profile_engine}: expected ours or one of the --also packages")
 
     set_thread_environment(args.threads)  # before numpy's first import, which happens below
     if "numpy" in sys.modules:
@@ -926,8 +934,7 @@ def main():
             return
 
     ref = OnnxReference(model_dir, optimize=True, threads=args.threads)
-    import importlib
-    extra = [Ours(importlib.import_module(pkg).load(model_dir), src, mask, pkg) for pkg in filter(None, args.also.split(","))]
+    extra = [Ours(importlib.import_module(pkg).load(model_dir), src, mask, pkg) for pkg in also]
     engines = [Ours(model, src, mask), *extra, OrtLoop(ref, "split", src, mask), OrtLoop(ref, "merged", src, mask)]
     if ct2_engines:
         engines.append(ct2_engines["float32"])
