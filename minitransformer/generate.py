@@ -375,7 +375,7 @@ def _sample(stepper, n_rows, s):
         next_tokens = draw(scores, rng) if s.do_sample else scores.argmax(axis=-1)
         next_tokens = np.where(unfinished, next_tokens, s.pad_token_id)
         sequences = np.concatenate([sequences, next_tokens[:, None]], axis=1)
-        unfinished &= ~np.isin(next_tokens, s.eos_token_ids)
+        unfinished &= ~_is_one_of(next_tokens, s.eos_token_ids)
     return GenerateEncoderDecoderOutput(sequences, **trace.fields())
 
 
@@ -413,6 +413,11 @@ def transition_scores(result):  # -> [n_rows, n_new]
     tokens = result.sequences[:, result.sequences.shape[1] - n_new:]  # [n_rows, n_new]
     chosen = scores[np.arange(n_new)[None, :], rows, tokens]
     return np.where(ended, np.float32(0.0), chosen)
+
+
+def _is_one_of(tokens, token_ids):  # int [...], a list of ids -> bool [...]
+    """np.isin(tokens, token_ids) for a few ids, without its sort (2 us a call where np.isin took 11-14)."""
+    return (tokens[..., None] == np.asarray(token_ids, dtype=np.int64)).any(axis=-1)
 
 
 def _gather(array, index):  # array [n_batch, k, ...], index [n_batch, m] -> [n_batch, m, ...]
@@ -464,7 +469,7 @@ def _beam_search(stepper, n_batch, s):
         top_sequences[:, :, cur_len] = top_index % n_vocab
         top_indices = _gather(running_indices, top_beam)                        # [n_batch, keep, width]
         top_indices[:, :, cur_len] = top_beam + np.arange(n_batch)[:, None] * n_beams
-        hits_stop = np.isin(top_sequences[:, :, cur_len], s.eos_token_ids) | (cur_len + 1 >= max_length)
+        hits_stop = _is_one_of(top_sequences[:, :, cur_len], s.eos_token_ids) | (cur_len + 1 >= max_length)
         # the best num_beams continuations that did not stop run on
         running_candidates = top_scores + hits_stop * np.float32(-1e9)
         next_running = top_k(running_candidates, n_beams)[1]

@@ -172,7 +172,7 @@ def check_mask(attention_mask, input_ids, name="attention_mask"):  # -> int64, s
     mask = np.asarray(attention_mask)
     if mask.shape != input_ids.shape:
         raise ModelError(f"{name}: got shape {list(mask.shape)}, expected {list(input_ids.shape)} like input_ids")
-    if not np.isin(mask, (0, 1)).all():
+    if not ((mask == 0) | (mask == 1)).all():
         raise ModelError(f"{name}: expected only 0 and 1")
     if not mask.any(axis=1).all():
         raise ModelError(f"{name}: row {int(np.flatnonzero(~mask.any(axis=1))[0])} masks every source token")
