@@ -186,6 +186,8 @@ def test_empty_input_and_empty_batch(capsys, load_fixture):
         model.encode(np.zeros((2, 0), dtype=np.int64))
     with pytest.raises(mt.ModelError, match=r"attention_mask: row 1 masks every source token"):
         model.encode(np.array([[5, 0], [5, 0]]), np.array([[1, 1], [0, 0]]))
+    with pytest.raises(mt.ModelError, match=r"attention_mask: expected only 0 and 1"):
+        model.encode(np.array([[5, 0]]), np.array([[1, 2]]))
 
 
 def test_bad_generation_settings(load_fixture):

@@ -53,3 +53,22 @@ def test_warpers_equal_hugging_face_on_their_edges(case):
                         do_sample=True, **{"top_k": 0, **WARPERS[case]})
     ours = warp(recorded[f"{case}.input"], settings)
     np.testing.assert_array_equal(ours, recorded[f"{case}.output"])  # a mask and one float32 division: exact
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_stops_at_whichever_of_several_eos_ids_comes(load_fixture, num_beams):
+    """eos_token_id as a list: a hypothesis ends at the first token that is any of its ids. The oracle is the run
+    that never stops (its only eos id never produced): greedy search ends right after its first token in the list,
+    in either order of the list; beam search stops there early too, the same whatever the order."""
+    model = load_fixture("marian-opus")[0]
+    ids = np.array([[5, 9, 14, 3, 0]])
+    free = model.generate(ids, max_new_tokens=12, num_beams=num_beams, eos_token_id=[1])[0]  # 1: the pad, never made
+    assert 1 not in free[1:]
+    stop = int(free[5])
+    ends = [model.generate(ids, max_new_tokens=12, num_beams=num_beams, eos_token_id=eos)[0]
+            for eos in ([1, stop], [stop, 1])]
+    np.testing.assert_array_equal(ends[0], ends[1])
+    if num_beams == 1:
+        np.testing.assert_array_equal(ends[0], free[:list(free[1:]).index(stop) + 2])
+    else:
+        assert len(ends[0]) < len(free) and ends[0][-1] == stop and stop not in ends[0][1:-1]
