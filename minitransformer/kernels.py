@@ -138,14 +138,20 @@ def _usable_cores():  # the affinity is read once: a syscall, asked per shared p
     return len(os.sched_getaffinity(0))
 
 
-def _threads_asked():  # MINITRANSFORMER_THREADS, a count > 0, or None
+def _threads_from_environment():  # MINITRANSFORMER_THREADS, a count > 0, or None
     value = os.environ.get("MINITRANSFORMER_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+# Read once, at import, as numba reads NUMBA_NUM_THREADS and OpenBLAS its own: share() is asked about 50 times a
+# decode step, and os.environ.get of a name that is not set took 2.2 us of each ask there (1.5% of the step).
+THREADS_ASKED = _threads_from_environment()
+POOL_SIZE = numba.config.NUMBA_NUM_THREADS  # numba's pool, fixed when numba is imported
+
+
 def thread_count():
     """MINITRANSFORMER_THREADS, else the cores this process may run on."""
-    return _threads_asked() or _usable_cores()
+    return THREADS_ASKED or _usable_cores()
 
 
 def _busy_seconds(cores):
@@ -200,16 +206,15 @@ _numba_threads = threading.local()  # .n_threads: the numba thread count this th
 def share(weight_bytes):
     """(chunks, threads) for a product streaming weight_bytes: chunks of SHARE_CHUNK_BYTES or more, at most
     CHUNKS_PER_THREAD per thread, two per thread at least; no more threads than thread_count() or numba's pool;
-    (1, 1) unless MINITRANSFORMER_THREADS is set or a core is spare, and in a fork of a process that used the pool.
+    (1, 1) unless MINITRANSFORMER_THREADS was set or a core is spare, and in a fork of a process that used the pool.
     numba's thread count for the calling thread is set to the threads (a 1 us call, made only on a change; inside a
     kernel it would stop numba caching it)."""
     if _POOL.inherited or weight_bytes < 4 * SHARE_CHUNK_BYTES:  # too small for 2 threads of 2 chunks each
         return 1, 1
-    asked = _threads_asked()
-    n_cores = asked or _usable_cores()
+    n_cores = THREADS_ASKED or _usable_cores()
     n_chunks = min(CHUNKS_PER_THREAD * n_cores, weight_bytes // SHARE_CHUNK_BYTES)
-    n_threads = min(n_cores, numba.config.NUMBA_NUM_THREADS, n_chunks // 2)
-    if n_threads <= 1 or (asked is None and not spare_core()):
+    n_threads = min(n_cores, POOL_SIZE, n_chunks // 2)
+    if n_threads <= 1 or (THREADS_ASKED is None and not spare_core()):
         return 1, 1
     if getattr(_numba_threads, "n_threads", None) != n_threads:
         numba.set_num_threads(n_threads)

@@ -125,11 +125,11 @@ def test_heads_shared_between_threads_give_the_serial_bits(monkeypatch, n_tgt):
     rng = np.random.default_rng(n_tgt)
     q, k, v = _random_qkv(rng, 3, 5, n_tgt, 11, 8)
     bias = attention.causal_bias(11 - n_tgt, n_tgt)
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 1)
     alone = kernels.attend(q, k, v, bias, 0.3)
     assert_kernel_agrees(q, k, v, bias, 0.3)
     monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1)
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 2)
     np.testing.assert_array_equal(kernels.attend(q, k, v, bias, 0.3), alone)
     full_bias = np.broadcast_to(np.asarray(bias, np.float32), (3, 5, n_tgt, 11))
     for n_chunks in (2, 4, 15):

@@ -53,10 +53,10 @@ def test_products_shared_between_threads_write_every_output_once(monkeypatch, n_
     bias = rng.standard_normal(1001, dtype=np.float32)
     product = kernels.matvec if n_rows <= kernels.MATVEC_MAX_ROWS else kernels.gemm
     driver = kernels._matvec_shared if product is kernels.matvec else kernels._gemm_shared
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 1)
     alone = product(x, weight, bias)
     monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1)
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "3")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 3)
     n_pool = min(3, numba.config.NUMBA_NUM_THREADS)
     assert kernels.share(weight.nbytes) == ((24, n_pool) if n_pool > 1 else (1, 1))
     exact = x.astype(np.float64) @ weight.T + bias
@@ -71,17 +71,17 @@ def test_products_shared_between_threads_write_every_output_once(monkeypatch, n_
 
 
 def test_products_are_shared_only_while_a_core_is_spare_in_chunks_of_enough_bytes(monkeypatch):
-    monkeypatch.delenv("MINITRANSFORMER_THREADS", raising=False)
+    monkeypatch.setattr(kernels, "THREADS_ASKED", None)
     monkeypatch.setattr(kernels, "_usable_cores", lambda: 2)
     n_pool = min(2, numba.config.NUMBA_NUM_THREADS)
     chunk = kernels.SHARE_CHUNK_BYTES
     monkeypatch.setattr(kernels, "spare_core", lambda: False)
     assert kernels.share(2 ** 30) == (1, 1)
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # the count set: shared whatever the load
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 2)  # the count set: shared whatever the load
     assert kernels.share(2 ** 30) == ((16, 2) if n_pool > 1 else (1, 1))
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "1")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 1)
     assert kernels.share(2 ** 30) == (1, 1)
-    monkeypatch.delenv("MINITRANSFORMER_THREADS")
+    monkeypatch.setattr(kernels, "THREADS_ASKED", None)
     monkeypatch.setattr(kernels, "spare_core", lambda: True)
     assert kernels.share(2 ** 30) == ((2 * kernels.CHUNKS_PER_THREAD, 2) if n_pool > 1 else (1, 1))
     assert kernels.share(4 * chunk - 1) == (1, 1)  # two chunks per thread at least
@@ -89,10 +89,20 @@ def test_products_are_shared_only_while_a_core_is_spare_in_chunks_of_enough_byte
     assert kernels.share(7 * chunk + chunk // 2) == ((7, 2) if n_pool > 1 else (1, 1))
 
 
+def test_the_thread_count_asked_is_read_from_the_environment_when_the_package_is_imported(monkeypatch):
+    for value, asked in (("3", 3), ("1", 1), ("0", None), ("-2", None), ("two", None), ("", None)):
+        monkeypatch.setenv("MINITRANSFORMER_THREADS", value)
+        assert kernels._threads_from_environment() == asked
+    env = {**os.environ, "MINITRANSFORMER_THREADS": "3"}
+    code = "from minitransformer import kernels; print(kernels.THREADS_ASKED, kernels.thread_count())"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split() == ["3", "3"]
+
+
 def test_a_spare_core_is_judged_by_the_other_processes_cpu_time(monkeypatch):
     """2 cores: spare while other processes take less than half a core since the last look; this process's own
     time does not count; the first look, and a machine without /proc/stat, go by the load average."""
-    monkeypatch.delenv("MINITRANSFORMER_THREADS", raising=False)
+    monkeypatch.setattr(kernels, "THREADS_ASKED", None)
     monkeypatch.setattr(kernels, "_usable_cores", lambda: 2)
     now = {"clock": 100.0, "busy": 1000.0, "own": 10.0, "load": 5.0}
     monkeypatch.setattr(kernels.time, "monotonic", lambda: now["clock"])

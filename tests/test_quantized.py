@@ -338,7 +338,7 @@ def test_the_integer_kernel_equals_exact_integer_arithmetic(weight_type, n_rows,
     per tensor and per row, extreme values: against int64 numpy."""
     monkeypatch.setattr(quant, "INT8_DOT", instruction)
     monkeypatch.setattr(kernels, "SHARE_CHUNK_BYTES", 1 if threaded else 1 << 62)
-    monkeypatch.setenv("MINITRANSFORMER_THREADS", "2")  # threads shared out even on a busy machine
+    monkeypatch.setattr(kernels, "THREADS_ASKED", 2)  # threads shared out even on a busy machine
     rng = np.random.default_rng(n_rows)
     info = np.iinfo(weight_type)
     weight = rng.integers(info.min, int(info.max) + 1, (d_out, d_in)).astype(weight_type)
