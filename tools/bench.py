@@ -732,8 +732,9 @@ def print_report(env, rows, generate, profile, logits_diff, floor, fresh=None):
           "step 0.\n  64 steps = start + all 64 steps; its ratio is the median of per-repetition ratios.")
     print(f"  max |logits ours - ORT| at the last step: {logits_diff:.2e}")
     f = floor
+    threads = f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}"
     print(f"  bandwidth floor: a step reads {f['step_read_mb']:.1f} MB (weights, cross and self K/V); memory "
-          f"streamed at {f['bandwidth_gb_s']:.1f} GB/s in this run ({env['threads']} threads, median of "
+          f"streamed at {f['bandwidth_gb_s']:.1f} GB/s in this run ({threads}, median of "
           f"{f['reads']} x {StreamRead.READS} reads of {STREAM_BYTES >> 20} MB between the repetitions), so the floor "
           f"is {f['decode_floor_ms']:.2f} ms; step / floor: "
           + ", ".join(f"{name} {ratio:.2f}" for name, ratio in f["step_over_floor"].items()))
