@@ -297,11 +297,11 @@ def _copy_out_new(places, by_name, groups, in_block=False):
     bits an earlier graph already gave, share one copy."""
     copies, blocked = {}, {}  # key -> its copy; key -> a value to copy into the block
     partners = {name: group for group in groups for name in group}
-    first_places = [place for place in places if by_name[place.name][0] is place]
-    for place in first_places:
+    first_places = [(place, (place.initializer, place.value.shape, place.value.strides))  # (place, its key)
+                    for place in places if by_name[place.name][0] is place]
+    for place, key in first_places:
         tied = [by_name[other][0].value for other in partners.get(place.name, ())
                 if other in by_name and by_name[other][0].file != place.file]
-        key = (place.initializer, place.value.shape, place.value.strides)
         if key in copies or key in blocked:
             continue
         equal = next((value for value in tied if same_bits(value, place.value)), None)
@@ -312,8 +312,8 @@ def _copy_out_new(places, by_name, groups, in_block=False):
         else:
             copies[key] = c_order(place.value, place.value.dtype, copy=True)
     copies.update(zip(blocked, c_order_block(list(blocked.values()))))
-    for place in first_places:
-        place.value = copies[(place.initializer, place.value.shape, place.value.strides)]
+    for place, key in first_places:
+        place.value = copies[key]
 
 
 def collect(found, by_name=None):
